@@ -1,0 +1,159 @@
+"""Meeting access tokens: JWTs minted for one employee in one meeting.
+
+Claims: ``mid`` (meeting id), ``sub`` (employee id), ``name`` (display name),
+``role`` (HOST / COHOST / PARTICIPANT), ``exp``, ``iat``, ``nbf``, ``jti``,
+``aud`` and ``iss``. Verification pins a single algorithm, so ``alg: none``
+and HS/RS confusion are refused by construction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+
+from ..roles import Role
+
+DEFAULT_AUDIENCE: Final = "meshroom"
+DEFAULT_ISSUER: Final = "meshroom"
+SYMMETRIC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
+)
+MIN_SECRET_BYTES: Final = 32
+
+
+class TokenError(Exception):
+    """A token that must not be honoured. The message is safe to show the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    meeting_id: str
+    emp_id: str
+    display_name: str
+    role: Role
+    jti: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKeys:
+    """What signs and verifies tokens.
+
+    For HS* algorithms ``verify_key`` and ``signing_key`` are the shared secret.
+    For asymmetric algorithms ``verify_key`` is the PEM public key and
+    ``signing_key`` the PEM private key, or None when another application mints.
+    """
+
+    algorithm: str
+    verify_key: str | bytes
+    signing_key: str | bytes | None
+    audience: str = DEFAULT_AUDIENCE
+    issuer: str = DEFAULT_ISSUER
+    leeway_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in SYMMETRIC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"unsupported JWT algorithm {self.algorithm!r}")
+        if self.algorithm in SYMMETRIC_ALGORITHMS and len(self.verify_key) < MIN_SECRET_BYTES:
+            raise ValueError(f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes long")
+
+    @classmethod
+    def shared_secret(cls, secret: str, **options: Any) -> TokenKeys:
+        return cls(algorithm="HS256", verify_key=secret, signing_key=secret, **options)
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def mint_token(
+    keys: TokenKeys,
+    *,
+    meeting_id: str,
+    emp_id: str,
+    display_name: str,
+    role: Role,
+    ttl: dt.timedelta = dt.timedelta(hours=2),
+    now: dt.datetime | None = None,
+) -> str:
+    """Sign an access token for one employee in one meeting."""
+    if keys.signing_key is None:
+        raise TokenError("no signing key is configured: tokens are minted by another application")
+    issued = now or dt.datetime.now(dt.UTC)
+    payload = {
+        "mid": meeting_id,
+        "sub": emp_id,
+        "name": display_name,
+        "role": Role(role).value,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+        "jti": uuid.uuid4().hex,
+        "aud": keys.audience,
+        "iss": keys.issuer,
+    }
+    return jwt.encode(payload, keys.signing_key, algorithm=keys.algorithm)
+
+
+_REQUIRED: Final = ["exp", "iat", "sub", "mid", "role", "jti", "aud", "iss"]
+
+
+def verify_token(keys: TokenKeys, token: str) -> Claims:
+    """Check signature, algorithm, expiry, audience and issuer; return the claims.
+
+    Raises:
+        TokenError: with a message that says what is wrong, never why a key failed.
+    """
+    try:
+        payload = jwt.decode(
+            token,
+            keys.verify_key,
+            algorithms=[keys.algorithm],
+            audience=keys.audience,
+            issuer=keys.issuer,
+            leeway=keys.leeway_seconds,
+            options={"require": _REQUIRED},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError("token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("token was issued for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise TokenError("token was issued by an unknown issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidAlgorithmError:
+        raise TokenError("token is signed with a refused algorithm") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("token signature is invalid") from None
+    except jwt.InvalidTokenError:
+        raise TokenError("token is malformed") from None
+
+    meeting_id, emp_id, role = payload["mid"], payload["sub"], payload["role"]
+    name = payload.get("name", emp_id)
+    if not all(isinstance(v, str) and v for v in (meeting_id, emp_id, name)):
+        raise TokenError("token claims mid, sub and name must be non-empty strings")
+    if len(emp_id) > 128 or len(name) > 200:
+        raise TokenError("token claims sub or name are too long")
+    try:
+        role = Role(role)
+    except ValueError:
+        raise TokenError(f"token role must be one of {', '.join(Role)}") from None
+    return Claims(
+        meeting_id=meeting_id,
+        emp_id=emp_id,
+        display_name=name,
+        role=role,
+        jti=str(payload["jti"]),
+        issued_at=dt.datetime.fromtimestamp(payload["iat"], dt.UTC),
+        expires_at=dt.datetime.fromtimestamp(payload["exp"], dt.UTC),
+    )

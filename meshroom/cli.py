@@ -1,0 +1,253 @@
+"""``meshroom``: serve, manage meetings, mint tokens. A thin shell over the same services.
+
+Every failure a user can cause prints one line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from .auth import TokenError, mint_token
+from .config import ConfigError, Settings, env_name, flag_name
+from .roles import Role
+from .roomcode import normalize_room_code
+from .server import Server, open_store, wait_for_signal
+from .store import InvalidTransition, Meeting, MeetingStatus, SqlStore, StoreError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+# Options every command that touches the database or tokens accepts.
+_SHARED = (
+    "database_url",
+    "db_pool_size",
+    "secret",
+    "secret_file",
+    "jwt_algorithm",
+    "jwt_private_key_file",
+    "jwt_public_key_file",
+    "jwt_audience",
+    "jwt_issuer",
+    "log_level",
+)
+
+
+def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    group = parser.add_argument_group("settings (each also read from its MESHROOM_* variable)")
+    for name in names:
+        f = fields[name]
+        kind = str(f.type)
+        group.add_argument(
+            flag_name(name),
+            dest=name,
+            type=int if kind.startswith("int") else float if kind.startswith("float") else str,
+            default=None,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{f.metadata['help']} [{env_name(name)}; default: {f.default}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshroom", description="WebRTC signaling server for peer-to-peer mesh meetings."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the signaling server")
+    _add_settings(serve, [f.name for f in dataclasses.fields(Settings)])
+    serve.set_defaults(run=cmd_serve)
+
+    meeting = commands.add_parser("meeting", help="create, start, end, list and show meetings")
+    meeting_commands = meeting.add_subparsers(
+        dest="meeting_command", required=True, metavar="ACTION"
+    )
+    create = meeting_commands.add_parser("create", help="create a meeting")
+    create.add_argument("--title", required=True)
+    create.add_argument("--host", required=True, metavar="EMP_ID", help="the host's employee id")
+    create.add_argument("--scheduled-at", type=_datetime, metavar="ISO8601")
+    create.add_argument("--start", action="store_true", help="make it LIVE at once")
+    create.set_defaults(run=cmd_meeting_create)
+    for action, helptext in (
+        ("start", "make a SCHEDULED meeting LIVE"),
+        ("end", "mark a meeting ENDED"),
+        ("show", "print a meeting"),
+    ):
+        sub = meeting_commands.add_parser(action, help=helptext)
+        sub.add_argument("meeting", metavar="MEETING", help="meeting id or room code")
+        sub.set_defaults(run=cmd_meeting_action, action=action)
+    listing = meeting_commands.add_parser("list", help="list meetings, newest first")
+    listing.add_argument("--status", choices=[s.value for s in MeetingStatus])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=cmd_meeting_list)
+
+    token = commands.add_parser("token", help="mint a meeting access token")
+    token.add_argument("--meeting", required=True, help="meeting id or room code")
+    token.add_argument("--emp", required=True, metavar="EMP_ID", help="employee id")
+    token.add_argument("--name", help="display name (default: the employee id)")
+    token.add_argument(
+        "--role", default="PARTICIPANT", type=str.upper, choices=[r.value for r in Role]
+    )
+    token.add_argument("--ttl", type=int, default=7200, metavar="SECONDS")
+    token.set_defaults(run=cmd_token)
+
+    for sub in (
+        create,
+        token,
+        listing,
+        *(meeting_commands.choices[a] for a in ("start", "end", "show")),
+    ):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        _add_settings(sub, _SHARED)
+    return parser
+
+
+def _datetime(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = {f.name for f in dataclasses.fields(Settings)}
+    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def meeting_json(meeting: Meeting) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": meeting.id,
+        "title": meeting.title,
+        "roomCode": meeting.room_code,
+        "hostEmpId": meeting.host_emp_id,
+        "status": meeting.status.value,
+        "scheduledAt": iso(meeting.scheduled_at),
+        "createdAt": iso(meeting.created_at),
+        "startedAt": iso(meeting.started_at),
+        "endedAt": iso(meeting.ended_at),
+    }
+
+
+def _print_meeting(meeting: Meeting, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(meeting_json(meeting)))
+    else:
+        print(f"{meeting.id}  {meeting.room_code}  {meeting.status.value:9}  {meeting.title}")
+
+
+async def _with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[int]]) -> int:
+    store = open_store(settings)
+    try:
+        await store.open()
+        return await work(store)
+    finally:
+        await store.close()
+
+
+async def resolve_meeting(store: SqlStore, ref: str) -> Meeting:
+    code = normalize_room_code(ref)
+    meeting = await store.get_meeting_by_code(code) if code else None
+    meeting = meeting or await store.get_meeting(ref)
+    if meeting is None:
+        raise ConfigError(f"no meeting with id or room code {ref!r}")
+    return meeting
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    server = Server(settings)
+    trio.run(lambda: server.run(shutdown_trigger=wait_for_signal))
+    return 0
+
+
+def cmd_meeting_create(args: argparse.Namespace) -> int:
+    async def work(store: SqlStore) -> int:
+        meeting = await store.create_meeting(
+            title=args.title, host_emp_id=args.host, scheduled_at=args.scheduled_at
+        )
+        if args.start:
+            meeting = await store.transition(meeting.id, MeetingStatus.LIVE)
+        _print_meeting(meeting, args.json)
+        return 0
+
+    return trio.run(_with_store, _settings(args), work)
+
+
+def cmd_meeting_action(args: argparse.Namespace) -> int:
+    async def work(store: SqlStore) -> int:
+        meeting = await resolve_meeting(store, args.meeting)
+        if args.action != "show":
+            target = MeetingStatus.LIVE if args.action == "start" else MeetingStatus.ENDED
+            meeting = await store.transition(meeting.id, target)
+        _print_meeting(meeting, args.json)
+        return 0
+
+    return trio.run(_with_store, _settings(args), work)
+
+
+def cmd_meeting_list(args: argparse.Namespace) -> int:
+    async def work(store: SqlStore) -> int:
+        status = MeetingStatus(args.status) if args.status else None
+        meetings, _total = await store.list_meetings(status=status, limit=args.limit)
+        for meeting in meetings:
+            _print_meeting(meeting, args.json)
+        return 0
+
+    return trio.run(_with_store, _settings(args), work)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def work(store: SqlStore) -> int:
+        meeting = await resolve_meeting(store, args.meeting)
+        token = mint_token(
+            settings.token_keys(),
+            meeting_id=meeting.id,
+            emp_id=args.emp,
+            display_name=args.name or args.emp,
+            role=Role(args.role),
+            ttl=dt.timedelta(seconds=args.ttl),
+        )
+        print(json.dumps({"token": token, "meetingId": meeting.id}) if args.json else token)
+        return 0
+
+    return trio.run(_with_store, settings, work)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = getattr(args, "log_level", None) or Settings.from_env().log_level
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args))
+    except (ConfigError, TokenError) as exc:
+        print(f"meshroom: error: {exc}", file=sys.stderr)
+    except InvalidTransition as exc:
+        print(f"meshroom: error: {exc}", file=sys.stderr)
+    except StoreError as exc:
+        print(f"meshroom: error: database: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

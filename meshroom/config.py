@@ -1,0 +1,195 @@
+"""Settings: one table of options, read from MESHROOM_* variables and overridden by CLI flags.
+
+The table drives the CLI flags, the environment variables and the README's
+configuration table, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .auth import TokenKeys, generate_secret
+from .auth.tokens import SYMMETRIC_ALGORITHMS
+from .core import DuplicatePolicy, HubConfig
+from .ice import DEFAULT_STUN_URLS, IceConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """A setting that cannot work. The message is one line a user can act on."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(
+        default=8765, metadata={"help": "port of the signaling WebSocket (/meetings)"}
+    )
+    database_url: str = field(
+        default="sqlite:///meshroom.db",
+        metadata={"help": "SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user@host/db"},
+    )
+    db_pool_size: int = field(default=10, metadata={"help": "database connections (not SQLite)"})
+    secret: str | None = field(
+        default=None,
+        metadata={"help": "HS256 secret for access tokens (at least 32 bytes); see secret-file"},
+    )
+    secret_file: str = field(
+        default="meshroom.secret",
+        metadata={"help": "where the secret is read from, or created (mode 0600) if missing"},
+    )
+    jwt_algorithm: str = field(
+        default="HS256",
+        metadata={"help": "HS256, or RS256/ES256/EdDSA to verify with a public key"},
+    )
+    jwt_public_key_file: str | None = field(
+        default=None,
+        metadata={"help": "PEM public key that verifies tokens (asymmetric algorithms)"},
+    )
+    jwt_private_key_file: str | None = field(
+        default=None,
+        metadata={"help": "PEM private key for `meshroom token` (asymmetric algorithms)"},
+    )
+    jwt_audience: str = field(default="meshroom", metadata={"help": "required `aud` claim"})
+    jwt_issuer: str = field(default="meshroom", metadata={"help": "required `iss` claim"})
+    auth_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a new connection has to authenticate"}
+    )
+    close_timeout: float = field(
+        default=5.0, metadata={"help": "seconds to flush and close a connection being removed"}
+    )
+    max_message_bytes: int = field(
+        default=65536, metadata={"help": "largest client frame; bigger ones get FRAME_TOO_LARGE"}
+    )
+    outbox_size: int = field(
+        default=1024, metadata={"help": "frames queued per peer before it counts as too slow"}
+    )
+    duplicate_policy: str = field(
+        default="replace",
+        metadata={"help": "same employee joins twice: replace (new wins) or reject (old stays)"},
+    )
+    stun_urls: str = field(
+        default=",".join(DEFAULT_STUN_URLS), metadata={"help": "comma-separated STUN URLs"}
+    )
+    turn_urls: str = field(default="", metadata={"help": "comma-separated TURN URLs"})
+    turn_secret: str | None = field(
+        default=None,
+        metadata={"help": "coturn use-auth-secret: issue short-lived TURN credentials"},
+    )
+    turn_ttl: int = field(default=3600, metadata={"help": "lifetime of TURN credentials, seconds"})
+    turn_username: str | None = field(default=None, metadata={"help": "static TURN username"})
+    turn_credential: str | None = field(default=None, metadata={"help": "static TURN credential"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then MESHROOM_<NAME> variables, then explicit overrides (CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = _coerce(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def hub_config(self) -> HubConfig:
+        try:
+            policy = DuplicatePolicy(self.duplicate_policy)
+        except ValueError:
+            raise ConfigError(
+                f"duplicate-policy must be 'replace' or 'reject', not {self.duplicate_policy!r}"
+            ) from None
+        return HubConfig(
+            auth_timeout=self.auth_timeout,
+            close_timeout=self.close_timeout,
+            outbox_size=self.outbox_size,
+            duplicate_policy=policy,
+            ice=IceConfig(
+                stun_urls=_split(self.stun_urls),
+                turn_urls=_split(self.turn_urls),
+                turn_secret=self.turn_secret,
+                turn_ttl_seconds=self.turn_ttl,
+                turn_username=self.turn_username,
+                turn_credential=self.turn_credential,
+            ),
+        )
+
+    def token_keys(self, *, create_secret: bool = True) -> TokenKeys:
+        """The keys that verify (and, where configured, sign) access tokens."""
+        options = {"audience": self.jwt_audience, "issuer": self.jwt_issuer}
+        try:
+            if self.jwt_algorithm in SYMMETRIC_ALGORITHMS:
+                secret = self.secret or self._secret_from_file(create=create_secret)
+                return TokenKeys(self.jwt_algorithm, secret, secret, **options)  # type: ignore[arg-type]
+            if not self.jwt_public_key_file:
+                raise ConfigError(f"{self.jwt_algorithm} needs --jwt-public-key-file")
+            public = _read(self.jwt_public_key_file, "public key")
+            private = (
+                _read(self.jwt_private_key_file, "private key")
+                if self.jwt_private_key_file
+                else None
+            )
+            return TokenKeys(self.jwt_algorithm, public, private, **options)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _secret_from_file(self, *, create: bool) -> str:
+        path = Path(self.secret_file)
+        if path.exists():
+            secret = _read(str(path), "secret").strip()
+            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("%s is readable by other users; chmod 600 it", path)
+            return secret
+        if not create:
+            raise ConfigError(f"no secret: set MESHROOM_SECRET or create {path}")
+        secret = generate_secret()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return _read(str(path), "secret").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot create the secret file {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        log.info("generated a new token secret in %s", path)
+        return secret
+
+
+def env_name(field_name: str) -> str:
+    return "MESHROOM_" + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name(f.name)}={raw!r} is not a number") from None
+    return raw
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None

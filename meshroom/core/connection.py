@@ -1,0 +1,62 @@
+"""The contract between the room core and a transport.
+
+A transport (the standalone WebSocket listener, the Quart route, later a
+Socket.IO endpoint) wraps each client connection in an object with these three
+methods and hands it to :meth:`meshroom.core.Hub.serve`. The core never sees a
+socket, a request object or a WebSocket library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class ConnectionClosed(Exception):
+    """The client is gone (it closed, or the network failed)."""
+
+    def __init__(self, code: int | None = None, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class MessageTooLarge(Exception):
+    """The client sent a message over the limit. It was discarded; the connection is usable."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of at least {size} bytes exceeds the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class Connection(Protocol):
+    """One client connection, as the core sees it."""
+
+    @property
+    def remote(self) -> str:
+        """A printable address of the client, for logs."""
+        ...
+
+    async def receive(self) -> str | bytes:
+        """The next whole message: ``str`` for text, ``bytes`` for binary.
+
+        Raises:
+            ConnectionClosed: the client is gone; no further call will succeed.
+            MessageTooLarge: a message was over the limit and has been dropped.
+        """
+        ...
+
+    async def send(self, frames: Sequence[str]) -> None:
+        """Send text messages in order, ideally as one write.
+
+        Only one task calls this at a time (the peer's writer).
+
+        Raises:
+            ConnectionClosed: the client is gone.
+        """
+        ...
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with a WebSocket close code. Idempotent; never raises ConnectionClosed."""
+        ...

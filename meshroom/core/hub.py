@@ -1,0 +1,359 @@
+"""The hub: the registry of live rooms and the one entry point transports call.
+
+``Hub.serve(conn)`` authenticates a connection, admits it through the store,
+attaches it to its meeting's room and returns when the peer's session is over.
+The hub also carries the operations the HTTP API and CLI share with host
+commands (end a meeting, kick, ban), so there is one implementation of each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..auth import Claims, TokenError, TokenKeys, verify_token
+from ..ice import IceConfig
+from ..metrics import Metrics
+from ..protocol import (
+    CloseCode,
+    ErrorCode,
+    LeaveReason,
+    ProtocolError,
+    RequestId,
+    decode_request,
+    encode_error,
+)
+from ..store import (
+    EmployeeBanned,
+    Leave,
+    Meeting,
+    MeetingNotFound,
+    MeetingNotLive,
+    MeetingStatus,
+    Store,
+    StoreUnavailable,
+)
+from . import peer as exits
+from .connection import Connection, ConnectionClosed, MessageTooLarge
+from .locks import KeyedLocks
+from .peer import Peer
+from .room import Room, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class DuplicatePolicy(enum.StrEnum):
+    """What happens when an employee already in the room joins again."""
+
+    REPLACE = "replace"  # the new connection takes over; the old one is closed (4007)
+    REJECT = "reject"  # the new connection is refused (4008); the old one stays
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    auth_timeout: float = 10.0
+    close_timeout: float = 5.0
+    outbox_size: int = 1024
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
+    ice: IceConfig = field(default_factory=IceConfig)
+
+
+class JoinRefused(Exception):
+    def __init__(self, code: ErrorCode, close_code: CloseCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close_code = close_code
+        self.message = message
+
+
+# How long an ended meeting is remembered in memory, to close the window between
+# a join's admission (meeting still LIVE) and its attachment (meeting ended since).
+_ENDED_MEMORY_SECONDS = 120.0
+
+
+class Hub:
+    def __init__(
+        self,
+        store: Store,
+        keys: TokenKeys,
+        config: HubConfig | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.config = config or HubConfig()
+        self.metrics = metrics or Metrics()
+        self.rooms: dict[str, Room] = {}
+        self._nursery: trio.Nursery | None = None
+        self._room_locks = KeyedLocks()
+        self._employee_locks = KeyedLocks()
+        self._recently_ended: dict[str, float] = {}
+
+    # Lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[Hub] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own every room until cancelled; on the way out every peer is closed (1001)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """``async with hub.running():`` — run the hub in a nursery of its own for a block."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                await self.shutdown()
+                nursery.cancel_scope.cancel()
+
+    async def shutdown(self, reason: exits.Exit = exits.SHUTDOWN) -> None:
+        """Tell every peer, close every connection, record every leave; then return."""
+        for room in list(self.rooms.values()):
+            room.ending = True
+            for peer in list(room.peers.values()):
+                room._remove(peer, reason)
+        for room in list(self.rooms.values()):
+            await room.done.wait()
+
+    # The transport entry point
+
+    async def serve(self, conn: Connection, *, token: str | None = None) -> None:
+        """Run one client connection to the end. Never raises for anything the client does."""
+        request_id: RequestId | None = None
+        if token is None:
+            try:
+                token, request_id = await self._await_auth(conn)
+            except JoinRefused as refusal:
+                await self._refuse(conn, refusal, None)
+                return
+            except ConnectionClosed:
+                return
+        try:
+            claims = verify_token(self.keys, token)
+        except TokenError as exc:
+            self.metrics.rejected("auth-failed")
+            await self._refuse(
+                conn,
+                JoinRefused(ErrorCode.AUTH_FAILED, CloseCode.AUTH_FAILED, str(exc)),
+                request_id,
+            )
+            return
+        try:
+            peer = await self._join(claims, conn, request_id)
+        except JoinRefused as refusal:
+            await self._refuse(conn, refusal, request_id)
+            return
+        await peer.finished.wait()
+
+    async def _await_auth(self, conn: Connection) -> tuple[str, RequestId | None]:
+        with trio.move_on_after(self.config.auth_timeout):
+            while True:
+                try:
+                    message = await conn.receive()
+                except MessageTooLarge:
+                    raise JoinRefused(
+                        ErrorCode.AUTH_REQUIRED, CloseCode.AUTH_REQUIRED, "auth frame is too large"
+                    ) from None
+                if not isinstance(message, str):
+                    raise JoinRefused(
+                        ErrorCode.AUTH_REQUIRED,
+                        CloseCode.AUTH_REQUIRED,
+                        "first frame must be JSON text",
+                    )
+                try:
+                    request = decode_request(message)
+                except ProtocolError as exc:
+                    raise JoinRefused(
+                        ErrorCode.AUTH_REQUIRED,
+                        CloseCode.AUTH_REQUIRED,
+                        f"first frame must be an auth request: {exc.message}",
+                    ) from None
+                if request.event != "auth":
+                    raise JoinRefused(
+                        ErrorCode.AUTH_REQUIRED,
+                        CloseCode.AUTH_REQUIRED,
+                        f"first frame must be an auth request, not {request.event!r}",
+                    )
+                return request.data["meetingAccessToken"], request.id
+        self.metrics.rejected("auth-timeout")
+        raise JoinRefused(
+            ErrorCode.AUTH_TIMEOUT,
+            CloseCode.AUTH_TIMEOUT,
+            f"no auth request within {self.config.auth_timeout:g} seconds",
+        )
+
+    async def _refuse(
+        self, conn: Connection, refusal: JoinRefused, request_id: RequestId | None
+    ) -> None:
+        with trio.move_on_after(self.config.close_timeout):
+            with suppress(ConnectionClosed):
+                await conn.send(
+                    [encode_error(refusal.code, refusal.message, request_id=request_id)]
+                )
+            await conn.close(refusal.close_code, refusal.message[:120])
+
+    async def _join(self, claims: Claims, conn: Connection, request_id: RequestId | None) -> Peer:
+        meeting_id, emp_id = claims.meeting_id, claims.emp_id
+        self._check_not_ended(meeting_id)
+        async with self._employee_locks.hold((meeting_id, emp_id)):
+            room = self.rooms.get(meeting_id)
+            if (
+                room is not None
+                and emp_id in room.peers
+                and self.config.duplicate_policy is DuplicatePolicy.REJECT
+            ):
+                self.metrics.rejected("duplicate")
+                raise JoinRefused(
+                    ErrorCode.DUPLICATE_SESSION,
+                    CloseCode.DUPLICATE_SESSION,
+                    "this employee is already connected to the meeting",
+                )
+            joined_at = utcnow()
+            admission = await self._admit(claims, joined_at)
+            try:
+                room = await self._room_for(admission.meeting)
+                self._check_not_ended(meeting_id)
+            except BaseException:
+                # Admitted but never attached: the attendance row must still be closed.
+                with trio.CancelScope(shield=True):
+                    await self._close_row(admission.attendance_id, LeaveReason.MEETING_ENDED)
+                raise
+            peer = Peer(
+                emp_id=emp_id,
+                display_name=claims.display_name,
+                role=admission.role,
+                attendance_id=admission.attendance_id,
+                joined_at=joined_at,
+                outbox_size=self.config.outbox_size,
+            )
+            room.attach(peer, conn, request_id)
+            self.metrics.admitted()
+            return peer
+
+    async def _admit(self, claims: Claims, at: dt.datetime) -> Any:
+        try:
+            return await self.store.admit(
+                meeting_id=claims.meeting_id,
+                emp_id=claims.emp_id,
+                display_name=claims.display_name,
+                role=claims.role,
+                at=at,
+            )
+        except MeetingNotFound:
+            self.metrics.rejected("meeting-not-found")
+            raise JoinRefused(
+                ErrorCode.MEETING_NOT_FOUND, CloseCode.MEETING_UNAVAILABLE, "meeting does not exist"
+            ) from None
+        except MeetingNotLive as exc:
+            if exc.status is MeetingStatus.ENDED:
+                self.metrics.rejected("meeting-ended")
+                raise JoinRefused(
+                    ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended"
+                ) from None
+            self.metrics.rejected("meeting-not-live")
+            raise JoinRefused(
+                ErrorCode.MEETING_NOT_LIVE,
+                CloseCode.MEETING_UNAVAILABLE,
+                "meeting has not started yet",
+            ) from None
+        except EmployeeBanned:
+            self.metrics.rejected("banned")
+            raise JoinRefused(
+                ErrorCode.BANNED, CloseCode.BANNED, "you are banned from this meeting"
+            ) from None
+        except StoreUnavailable:
+            self.metrics.rejected("store-unavailable")
+            raise JoinRefused(
+                ErrorCode.STORE_UNAVAILABLE,
+                CloseCode.TRY_AGAIN_LATER,
+                "the database is unavailable; try again shortly",
+            ) from None
+
+    def _check_not_ended(self, meeting_id: str) -> None:
+        now = trio.current_time()
+        for mid, until in list(self._recently_ended.items()):
+            if until < now:
+                del self._recently_ended[mid]
+        if meeting_id in self._recently_ended:
+            self.metrics.rejected("meeting-ended")
+            raise JoinRefused(ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended")
+
+    async def _close_row(self, attendance_id: int, reason: LeaveReason) -> None:
+        try:
+            await self.store.record_leaves([Leave(attendance_id, utcnow(), reason.value)])
+        except Exception:
+            log.exception("could not close attendance row %s", attendance_id)
+
+    async def _room_for(self, meeting: Meeting) -> Room:
+        room = self.rooms.get(meeting.id)
+        if room is not None and not room.closed:
+            return room
+        async with self._room_locks.hold(meeting.id):
+            room = self.rooms.get(meeting.id)
+            if room is None or room.closed:
+                if self._nursery is None:
+                    raise JoinRefused(
+                        ErrorCode.INTERNAL_ERROR, CloseCode.GOING_AWAY, "server is shutting down"
+                    )
+                room = Room(self, meeting)
+                await self._nursery.start(room.run, name=f"room:{meeting.id}")
+                self.rooms[meeting.id] = room
+                self.metrics.room_opened()
+            return room
+
+    def _forget_room(self, room: Room) -> None:
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+            self.metrics.room_closed()
+
+    # Operations shared by host commands, the HTTP API and the CLI
+
+    async def end_meeting(
+        self, meeting_id: str, *, by: str | None, actor: Peer | None = None
+    ) -> Meeting:
+        """Mark the meeting ENDED (closing every open attendance row) and close its room.
+
+        Returns once every peer (but ``actor``, whose own handler is running) is closed.
+        Raises MeetingNotFound or InvalidTransition.
+        """
+        meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
+        self._recently_ended[meeting_id] = trio.current_time() + _ENDED_MEMORY_SECONDS
+        room = self.rooms.get(meeting_id)
+        if room is not None:
+            await room.end(by=by, actor=actor)
+        return meeting
+
+    async def kick(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool:
+        """Remove a live peer. False if it is not in the room."""
+        room = self.rooms.get(meeting_id)
+        return room is not None and await room.kick(emp_id, by=by)
+
+    async def ban(
+        self, meeting_id: str, emp_id: str, *, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Ban an employee (present or not) and remove it if it is in the room."""
+        async with self._employee_locks.hold((meeting_id, emp_id)):
+            await self.store.ban(
+                meeting_id=meeting_id, emp_id=emp_id, by=by, reason=reason, at=utcnow()
+            )
+            room = self.rooms.get(meeting_id)
+            if room is not None:
+                await room.remove_banned(emp_id, by=by)
+
+    def live_peers(self, meeting_id: str) -> list[dict[str, Any]]:
+        room = self.rooms.get(meeting_id)
+        return room.describe() if room is not None else []

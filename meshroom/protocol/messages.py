@@ -1,0 +1,211 @@
+"""Decoding client frames and encoding server frames. Pure functions, no I/O.
+
+Every frame is a JSON object ``{"event": str, "id"?: int | str, "data"?: object}``.
+``decode_request`` turns text into a validated :class:`Request` or raises
+:class:`ProtocolError` carrying the error code to answer with; it never raises
+anything else, whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .codes import ErrorCode
+
+RequestId = int | str
+
+MAX_ID_LENGTH: Final = 64
+MAX_EMP_ID_LENGTH: Final = 128
+MAX_REASON_LENGTH: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    kind: str  # "string", "object", "object-or-null", "boolean"
+    required: bool = True
+    max_length: int = 0
+
+
+def _target() -> Field:
+    return Field("targetEmpId", "string", max_length=MAX_EMP_ID_LENGTH)
+
+
+#: Every event a client may send, with the fields its ``data`` object must carry.
+CLIENT_EVENTS: Final[Mapping[str, tuple[Field, ...]]] = {
+    "auth": (Field("meetingAccessToken", "string", max_length=8192),),
+    "signal:offer": (_target(), Field("offer", "object")),
+    "signal:answer": (_target(), Field("answer", "object")),
+    "signal:ice": (_target(), Field("candidate", "object-or-null")),
+    "presence:update": (
+        Field("muted", "boolean", required=False),
+        Field("cameraOff", "boolean", required=False),
+        Field("handRaised", "boolean", required=False),
+    ),
+    "peer:leave": (),
+    "ping": (),
+    "host:kick": (_target(),),
+    "host:ban": (
+        _target(),
+        Field("reason", "string", required=False, max_length=MAX_REASON_LENGTH),
+    ),
+    "host:unban": (_target(),),
+    "host:end": (),
+    "host:promote": (_target(),),
+    "host:demote": (_target(),),
+}
+
+_KIND_CHECKS: Final = {
+    "string": lambda v: isinstance(v, str),
+    "object": lambda v: isinstance(v, dict),
+    "object-or-null": lambda v: v is None or isinstance(v, dict),
+    "boolean": lambda v: isinstance(v, bool),
+}
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be acted on. The connection survives it."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: RequestId | None = None,
+        event: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.event = event
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    event: str
+    data: dict[str, Any]
+    id: RequestId | None = None
+
+
+def decode_request(text: str) -> Request:
+    """Parse and validate one client text frame.
+
+    Raises:
+        ProtocolError: for anything but a well-formed request of a known event.
+    """
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: deeply nested arrays or objects exhaust the C parser's stack guard.
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+
+    request_id = obj.get("id")
+    if request_id is not None and not _valid_id(request_id):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"id must be an integer or a string of at most {MAX_ID_LENGTH} characters",
+            field="id",
+        )
+    event = obj.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, "frame must carry an 'event' string", request_id=request_id
+        )
+    fields = CLIENT_EVENTS.get(event)
+    if fields is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_EVENT,
+            f"unknown event {event[:64]!r}",
+            request_id=request_id,
+            event=event[:64],
+        )
+    data = obj.get("data", {})
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            "data must be a JSON object",
+            request_id=request_id,
+            event=event,
+            field="data",
+        )
+    for spec in fields:
+        value = data.get(spec.name)
+        if value is None and spec.kind != "object-or-null":
+            if spec.required:
+                raise _field_error(spec, "is required", request_id, event)
+            continue
+        if spec.name not in data and spec.required:
+            raise _field_error(spec, "is required", request_id, event)
+        if not _KIND_CHECKS[spec.kind](value):
+            raise _field_error(spec, f"must be of type {spec.kind}", request_id, event)
+        if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
+            raise _field_error(spec, f"is longer than {spec.max_length}", request_id, event)
+    return Request(event=event, data=data, id=request_id)
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**53) < value < 2**53
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
+
+
+def _field_error(
+    spec: Field, problem: str, request_id: RequestId | None, event: str
+) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INVALID_FIELD,
+        f"data.{spec.name} {problem}",
+        request_id=request_id,
+        event=event,
+        field=f"data.{spec.name}",
+    )
+
+
+def _brief(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0][:120] or type(exc).__name__
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_event(event: str, data: Mapping[str, Any], request_id: RequestId | None = None) -> str:
+    """Serialise one server frame."""
+    if request_id is None:
+        return _dumps({"event": event, "data": data})
+    return _dumps({"event": event, "id": request_id, "data": data})
+
+
+def encode_ack(request_id: RequestId | None, data: Mapping[str, Any] | None = None) -> str:
+    return encode_event("ack", data or {}, request_id)
+
+
+def encode_error(
+    code: ErrorCode,
+    message: str,
+    *,
+    request_id: RequestId | None = None,
+    event: str | None = None,
+    field: str | None = None,
+) -> str:
+    data: dict[str, Any] = {"code": code.value, "message": message}
+    if event is not None:
+        data["event"] = event
+    if field is not None:
+        data["field"] = field
+    return encode_event("error", data, request_id)
+
+
+def encode_protocol_error(exc: ProtocolError) -> str:
+    return encode_error(
+        exc.code, exc.message, request_id=exc.request_id, event=exc.event, field=exc.field
+    )

@@ -1,0 +1,149 @@
+"""The standalone server: store + hub + WebSocket listener, with graceful shutdown.
+
+Task tree (every task has an owner)::
+
+    Server.run
+    ├── Hub.run                       rooms, each a nursery of its peers' tasks
+    ├── connection handlers           one per client connection (Hub.serve)
+    └── accept loop                   serve_websocket
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .config import ConfigError, Settings
+from .core import Hub
+from .store import SqlStore, StoreError
+from .transports.websocket import Upgrade, WebSocketConnection, serve_websocket
+
+log = logging.getLogger(__name__)
+
+SIGNALING_PATH = "/meetings"
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hub: Hub | None = None
+        self.port: int | None = None
+        self._stop = trio.Event()
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"ws://{host}:{self.port}{SIGNALING_PATH}"
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    async def run(
+        self,
+        *,
+        shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until ``shutdown_trigger`` returns or :meth:`request_shutdown` is called.
+
+        Raises:
+            ConfigError: a setting, the database or the port is unusable (one-line message).
+        """
+        settings = self.settings
+        hub_config = settings.hub_config()
+        keys = settings.token_keys()
+        store = open_store(settings)
+        try:
+            await store.open()
+        except StoreError as exc:
+            raise ConfigError(
+                f"cannot open the database {_safe_url(settings.database_url)}: {exc}"
+            ) from None
+        try:
+            listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        except OSError as exc:
+            await store.close()
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        self.port = listeners[0].socket.getsockname()[1]
+        hub = self.hub = Hub(store, keys, hub_config)
+
+        async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
+            await hub.serve(conn, token=upgrade.token)
+
+        try:
+            async with trio.open_nursery() as root:
+                await root.start(hub.run)
+                async with trio.open_nursery() as handlers:
+                    async with trio.open_nursery() as acceptor:
+                        await acceptor.start(
+                            lambda task_status: serve_websocket(
+                                handle,
+                                listeners,
+                                path=SIGNALING_PATH,
+                                max_message_bytes=settings.max_message_bytes,
+                                handshake_timeout=settings.auth_timeout,
+                                handler_nursery=handlers,
+                                task_status=task_status,
+                            )
+                        )
+                        log.info(
+                            "meshroom signaling on %s (database %s)",
+                            self.url,
+                            _safe_url(settings.database_url),
+                        )
+                        task_status.started(self)
+                        async with trio.open_nursery() as waiter:
+                            waiter.start_soon(_set_when_done, shutdown_trigger, self._stop)
+                            await self._stop.wait()
+                            waiter.cancel_scope.cancel()
+                        log.info("shutting down: closing every peer")
+                        acceptor.cancel_scope.cancel()  # stop accepting first
+                    with trio.move_on_after(settings.close_timeout + 5):
+                        await hub.shutdown()
+                    handlers.cancel_scope.cancel()
+                root.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+
+def open_store(settings: Settings) -> SqlStore:
+    """The configured store, or a ConfigError naming what is wrong with the URL."""
+    try:
+        return SqlStore(settings.database_url, pool_size=settings.db_pool_size)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the database driver {exc.name!r} is not installed "
+            "(for PostgreSQL: pip install 'meshroom[postgres]')"
+        ) from None
+    except Exception as exc:
+        raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
+
+
+async def _set_when_done(trigger: Callable[[], Awaitable[None]] | None, event: trio.Event) -> None:
+    if trigger is not None:
+        await trigger()
+        event.set()
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            return
+
+
+def _safe_url(url: str) -> str:
+    try:
+        import sqlalchemy as sa
+
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid url>"

@@ -1,0 +1,16 @@
+"""Persistence: the :class:`Store` interface and its SQLAlchemy implementation."""
+
+from .base import Admission as Admission
+from .base import AttendanceRecord as AttendanceRecord
+from .base import Ban as Ban
+from .base import EmployeeBanned as EmployeeBanned
+from .base import InvalidTransition as InvalidTransition
+from .base import Leave as Leave
+from .base import Meeting as Meeting
+from .base import MeetingNotFound as MeetingNotFound
+from .base import MeetingNotLive as MeetingNotLive
+from .base import MeetingStatus as MeetingStatus
+from .base import Store as Store
+from .base import StoreError as StoreError
+from .base import StoreUnavailable as StoreUnavailable
+from .sql import SqlStore as SqlStore

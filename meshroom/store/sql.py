@@ -1,0 +1,477 @@
+"""The SQLAlchemy implementation of :class:`~meshroom.store.base.Store`.
+
+SQLAlchemy's engines are synchronous; every call runs in a Trio worker thread
+(``trio.to_thread.run_sync``) gated by a capacity limiter the size of the
+connection pool, so the Trio thread never blocks on the database and no more
+threads wait than there are connections. SQLite allows one writer at a time,
+so it gets a single worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from ..roles import Role
+from ..roomcode import new_room_code
+from .base import (
+    Admission,
+    AttendanceRecord,
+    Ban,
+    EmployeeBanned,
+    InvalidTransition,
+    Leave,
+    Meeting,
+    MeetingNotFound,
+    MeetingNotLive,
+    MeetingStatus,
+    StoreUnavailable,
+)
+from .schema import attendance, meetings, metadata, participants
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_TRANSITIONS = {
+    MeetingStatus.SCHEDULED: {MeetingStatus.LIVE, MeetingStatus.ENDED},
+    MeetingStatus.LIVE: {MeetingStatus.ENDED},
+    MeetingStatus.ENDED: set(),
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite hands back naive datetimes; everything meshroom writes is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> Engine:
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        in_memory = sa_url.database in (None, "", ":memory:")
+        engine = sa.create_engine(
+            sa_url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if in_memory else None,
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(
+        sa_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, pool_timeout=10
+    )
+
+
+class SqlStore:
+    """Store on any SQLAlchemy URL: ``sqlite:///meshroom.db``, ``postgresql+psycopg://…``."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = create_engine(url, pool_size=pool_size)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._limiter = trio.CapacityLimiter(1 if self.is_sqlite else pool_size)
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(_translate_errors(fn), *args, **kwargs)
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        await self._run(self._create_schema)
+
+    def _create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    async def close(self) -> None:
+        await self._run(self.engine.dispose)
+
+    async def ping(self) -> None:
+        await self._run(self._ping)
+
+    def _ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # Meetings
+
+    async def create_meeting(
+        self, *, title: str, host_emp_id: str, scheduled_at: dt.datetime | None = None
+    ) -> Meeting:
+        return await self._run(self._create_meeting, title, host_emp_id, scheduled_at)
+
+    def _create_meeting(
+        self, title: str, host_emp_id: str, scheduled_at: dt.datetime | None
+    ) -> Meeting:
+        for _attempt in range(8):
+            values = {
+                "id": str(uuid.uuid4()),
+                "title": title,
+                "room_code": new_room_code(),
+                "host_emp_id": host_emp_id,
+                "status": MeetingStatus.SCHEDULED.value,
+                "scheduled_at": scheduled_at,
+                "created_at": utcnow(),
+            }
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(meetings.insert().values(**values))
+            except IntegrityError:
+                continue  # room code collision: draw another
+            return _meeting({**values, "started_at": None, "ended_at": None})
+        raise StoreUnavailable("could not allocate a unique room code")
+
+    async def get_meeting(self, meeting_id: str) -> Meeting | None:
+        return await self._run(self._get_meeting, meetings.c.id == meeting_id)
+
+    async def get_meeting_by_code(self, room_code: str) -> Meeting | None:
+        return await self._run(self._get_meeting, meetings.c.room_code == room_code)
+
+    def _get_meeting(self, where: Any) -> Meeting | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(meetings).where(where)).mappings().first()
+        return _meeting(row) if row else None
+
+    async def list_meetings(
+        self, *, status: MeetingStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Meeting], int]:
+        return await self._run(self._list_meetings, status, limit, offset)
+
+    def _list_meetings(
+        self, status: MeetingStatus | None, limit: int, offset: int
+    ) -> tuple[list[Meeting], int]:
+        query = sa.select(meetings)
+        count = sa.select(sa.func.count()).select_from(meetings)
+        if status is not None:
+            query = query.where(meetings.c.status == status.value)
+            count = count.where(meetings.c.status == status.value)
+        query = query.order_by(meetings.c.created_at.desc(), meetings.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset)).mappings().all()
+            total = conn.execute(count).scalar_one()
+        return [_meeting(r) for r in rows], int(total)
+
+    async def transition(self, meeting_id: str, to: MeetingStatus) -> Meeting:
+        return await self._run(self._transition, meeting_id, to)
+
+    def _transition(self, meeting_id: str, to: MeetingStatus) -> Meeting:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = (
+                conn.execute(
+                    sa.select(meetings).where(meetings.c.id == meeting_id).with_for_update()
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise MeetingNotFound(meeting_id)
+            current = MeetingStatus(row["status"])
+            if to not in _TRANSITIONS[current]:
+                raise InvalidTransition(current, to)
+            values: dict[str, Any] = {"status": to.value}
+            if to is MeetingStatus.LIVE:
+                values["started_at"] = now
+            else:
+                values["ended_at"] = now
+                # Whoever is still recorded as present leaves with the meeting.
+                self._close_open_rows(conn, meeting_id, now, "meeting-ended")
+            conn.execute(meetings.update().where(meetings.c.id == meeting_id).values(**values))
+        return _meeting({**row, **values})
+
+    # Joining and leaving
+
+    async def admit(
+        self, *, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
+    ) -> Admission:
+        return await self._run(self._admit, meeting_id, emp_id, display_name, role, at)
+
+    def _admit(
+        self, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
+    ) -> Admission:
+        with self.engine.begin() as conn:
+            row = (
+                conn.execute(sa.select(meetings).where(meetings.c.id == meeting_id))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise MeetingNotFound(meeting_id)
+            meeting = _meeting(row)
+            if meeting.status is not MeetingStatus.LIVE:
+                raise MeetingNotLive(meeting.status)
+            key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
+            person = conn.execute(sa.select(participants).where(key)).mappings().first()
+            if person is not None and person["banned"]:
+                raise EmployeeBanned(emp_id)
+            effective = role
+            if role is not Role.HOST and person is not None and person["role_override"]:
+                effective = Role(person["role_override"])
+            if person is None:
+                self._insert_participant(conn, meeting_id, emp_id, display_name, effective)
+            else:
+                conn.execute(
+                    participants.update()
+                    .where(key)
+                    .values(display_name=display_name, last_role=effective.value)
+                )
+            inserted = conn.execute(
+                attendance.insert().values(
+                    meeting_id=meeting_id,
+                    emp_id=emp_id,
+                    display_name=display_name,
+                    role=effective.value,
+                    joined_at=at,
+                )
+            )
+            assert inserted.inserted_primary_key is not None
+            attendance_id = int(inserted.inserted_primary_key[0])
+        return Admission(meeting=meeting, attendance_id=attendance_id, role=effective)
+
+    def _insert_participant(
+        self,
+        conn: Connection,
+        meeting_id: str,
+        emp_id: str,
+        display_name: str,
+        role: Role,
+        **extra: Any,
+    ) -> None:
+        values = {
+            "meeting_id": meeting_id,
+            "emp_id": emp_id,
+            "display_name": display_name,
+            "last_role": role.value,
+            "banned": False,
+            **extra,
+        }
+        conn.execute(_insert_ignoring_conflict(self.engine, participants, values))
+
+    async def record_leaves(self, leaves: Sequence[Leave]) -> None:
+        if leaves:
+            await self._run(self._record_leaves, list(leaves))
+
+    def _record_leaves(self, leaves: list[Leave]) -> None:
+        by_id = {leave.attendance_id: leave for leave in leaves}
+        with self.engine.begin() as conn:
+            open_rows = conn.execute(
+                sa.select(attendance.c.id, attendance.c.joined_at).where(
+                    attendance.c.id.in_(by_id) & attendance.c.left_at.is_(None)
+                )
+            ).all()
+            for row_id, joined_at in open_rows:
+                leave = by_id[row_id]
+                duration = max(0.0, (leave.left_at - _utc_required(joined_at)).total_seconds())
+                conn.execute(
+                    attendance.update()
+                    .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
+                    .values(
+                        left_at=leave.left_at,
+                        leave_reason=leave.reason,
+                        duration_seconds=duration,
+                    )
+                )
+
+    def _close_open_rows(
+        self, conn: Connection, meeting_id: str, at: dt.datetime, reason: str
+    ) -> None:
+        rows = conn.execute(
+            sa.select(attendance.c.id, attendance.c.joined_at).where(
+                (attendance.c.meeting_id == meeting_id) & attendance.c.left_at.is_(None)
+            )
+        ).all()
+        for row_id, joined_at in rows:
+            conn.execute(
+                attendance.update()
+                .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
+                .values(
+                    left_at=at,
+                    leave_reason=reason,
+                    duration_seconds=max(0.0, (at - _utc_required(joined_at)).total_seconds()),
+                )
+            )
+
+    # Moderation
+
+    async def ban(
+        self, *, meeting_id: str, emp_id: str, by: str | None, reason: str | None, at: dt.datetime
+    ) -> None:
+        await self._run(self._ban, meeting_id, emp_id, by, reason, at)
+
+    def _ban(
+        self, meeting_id: str, emp_id: str, by: str | None, reason: str | None, at: dt.datetime
+    ) -> None:
+        ban_values = {"banned": True, "banned_at": at, "banned_by": by, "ban_reason": reason}
+        with self.engine.begin() as conn:
+            if not conn.execute(
+                sa.select(meetings.c.id).where(meetings.c.id == meeting_id)
+            ).first():
+                raise MeetingNotFound(meeting_id)
+            key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
+            updated = conn.execute(participants.update().where(key).values(**ban_values))
+            if updated.rowcount == 0:
+                # Banning someone who never joined (pre-emptive ban from the API).
+                values = {k: v for k, v in ban_values.items() if k != "banned"}
+                self._insert_participant(
+                    conn, meeting_id, emp_id, emp_id, Role.PARTICIPANT, **values
+                )
+                conn.execute(participants.update().where(key).values(**ban_values))
+
+    async def unban(self, *, meeting_id: str, emp_id: str) -> bool:
+        return await self._run(self._unban, meeting_id, emp_id)
+
+    def _unban(self, meeting_id: str, emp_id: str) -> bool:
+        key = (
+            (participants.c.meeting_id == meeting_id)
+            & (participants.c.emp_id == emp_id)
+            & participants.c.banned.is_(True)
+        )
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                participants.update()
+                .where(key)
+                .values(banned=False, banned_at=None, banned_by=None, ban_reason=None)
+            )
+        return bool(result.rowcount)
+
+    async def list_bans(self, meeting_id: str) -> list[Ban]:
+        return await self._run(self._list_bans, meeting_id)
+
+    def _list_bans(self, meeting_id: str) -> list[Ban]:
+        query = (
+            sa.select(participants)
+            .where((participants.c.meeting_id == meeting_id) & participants.c.banned.is_(True))
+            .order_by(participants.c.banned_at, participants.c.emp_id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            Ban(
+                meeting_id=r["meeting_id"],
+                emp_id=r["emp_id"],
+                banned_at=_utc_required(r["banned_at"]),
+                banned_by=r["banned_by"],
+                reason=r["ban_reason"],
+            )
+            for r in rows
+        ]
+
+    async def set_role_override(self, *, meeting_id: str, emp_id: str, role: Role | None) -> None:
+        await self._run(self._set_role_override, meeting_id, emp_id, role)
+
+    def _set_role_override(self, meeting_id: str, emp_id: str, role: Role | None) -> None:
+        key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
+        values: dict[str, Any] = {"role_override": role.value if role else None}
+        if role is not None:
+            values["last_role"] = role.value
+        with self.engine.begin() as conn:
+            conn.execute(participants.update().where(key).values(**values))
+
+    # Attendance
+
+    async def attendance_for_meeting(self, meeting_id: str) -> list[AttendanceRecord]:
+        return await self._run(self._attendance, attendance.c.meeting_id == meeting_id)
+
+    async def attendance_for_employee(
+        self, emp_id: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[AttendanceRecord]:
+        where = attendance.c.emp_id == emp_id
+        if since is not None:
+            where &= attendance.c.joined_at >= since
+        if until is not None:
+            where &= attendance.c.joined_at < until
+        return await self._run(self._attendance, where)
+
+    def _attendance(self, where: Any) -> list[AttendanceRecord]:
+        query = sa.select(attendance).where(where).order_by(attendance.c.joined_at, attendance.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            AttendanceRecord(
+                id=r["id"],
+                meeting_id=r["meeting_id"],
+                emp_id=r["emp_id"],
+                display_name=r["display_name"],
+                role=Role(r["role"]),
+                joined_at=_utc_required(r["joined_at"]),
+                left_at=_utc(r["left_at"]),
+                duration_seconds=r["duration_seconds"],
+                leave_reason=r["leave_reason"],
+            )
+            for r in rows
+        ]
+
+
+def _utc_required(value: dt.datetime) -> dt.datetime:
+    result = _utc(value)
+    assert result is not None
+    return result
+
+
+def _meeting(row: Any) -> Meeting:
+    return Meeting(
+        id=row["id"],
+        title=row["title"],
+        room_code=row["room_code"],
+        host_emp_id=row["host_emp_id"],
+        status=MeetingStatus(row["status"]),
+        scheduled_at=_utc(row["scheduled_at"]),
+        created_at=_utc_required(row["created_at"]),
+        started_at=_utc(row["started_at"]),
+        ended_at=_utc(row["ended_at"]),
+    )
+
+
+def _insert_ignoring_conflict(engine: Engine, table: sa.Table, values: dict[str, Any]) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).values(**values).on_conflict_do_nothing()
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).values(**values).on_conflict_do_nothing()
+    return table.insert().values(**values)
+
+
+def _translate_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """Map driver failures to StoreUnavailable at the one boundary where they occur."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, sa.exc.TimeoutError) as exc:
+            log.warning("database unavailable: %s", str(exc).split("\n", 1)[0])
+            raise StoreUnavailable(str(exc).split("\n", 1)[0]) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(str(exc).split("\n", 1)[0]) from exc
+            raise
+
+    return wrapper

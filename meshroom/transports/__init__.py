@@ -1,0 +1,1 @@
+"""Transports: thin adapters that turn client connections into :class:`meshroom.core.Connection`."""
