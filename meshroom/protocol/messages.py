@@ -141,6 +141,7 @@ def decode_request(text: str) -> Request:
         if value is None and spec.kind != "object-or-null":
             if spec.required:
                 raise _field_error(spec, "is required", request_id, event)
+            data.pop(spec.name, None)  # an optional field sent as null counts as absent
             continue
         if spec.name not in data and spec.required:
             raise _field_error(spec, "is required", request_id, event)
