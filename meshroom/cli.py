@@ -16,12 +16,12 @@ from typing import Any
 
 import trio
 
-from .auth import TokenError, mint_token
+from .auth import TokenError
 from .config import ConfigError, Settings, env_name, flag_name
 from .roles import Role
-from .roomcode import normalize_room_code
 from .server import Server, open_store, wait_for_signal
-from .store import InvalidTransition, Meeting, MeetingStatus, SqlStore, StoreError
+from .service import MeetingService
+from .store import InvalidTransition, Meeting, MeetingNotFound, MeetingStatus, StoreError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -148,22 +148,19 @@ def _print_meeting(meeting: Meeting, as_json: bool) -> None:
         print(f"{meeting.id}  {meeting.room_code}  {meeting.status.value:9}  {meeting.title}")
 
 
-async def _with_store(settings: Settings, work: Callable[[SqlStore], Awaitable[int]]) -> int:
+async def _with_service(
+    settings: Settings, work: Callable[[MeetingService], Awaitable[int]]
+) -> int:
     store = open_store(settings)
     try:
         await store.open()
-        return await work(store)
+        return await work(MeetingService(store, settings.token_keys()))
     finally:
         await store.close()
 
 
-async def resolve_meeting(store: SqlStore, ref: str) -> Meeting:
-    code = normalize_room_code(ref)
-    meeting = await store.get_meeting_by_code(code) if code else None
-    meeting = meeting or await store.get_meeting(ref)
-    if meeting is None:
-        raise ConfigError(f"no meeting with id or room code {ref!r}")
-    return meeting
+def _run(args: argparse.Namespace, work: Callable[[MeetingService], Awaitable[int]]) -> int:
+    return trio.run(_with_service, _settings(args), work)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -174,58 +171,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_meeting_create(args: argparse.Namespace) -> int:
-    async def work(store: SqlStore) -> int:
-        meeting = await store.create_meeting(
-            title=args.title, host_emp_id=args.host, scheduled_at=args.scheduled_at
+    async def work(service: MeetingService) -> int:
+        meeting = await service.create(
+            title=args.title,
+            host_emp_id=args.host,
+            scheduled_at=args.scheduled_at,
+            start=args.start,
         )
-        if args.start:
-            meeting = await store.transition(meeting.id, MeetingStatus.LIVE)
         _print_meeting(meeting, args.json)
         return 0
 
-    return trio.run(_with_store, _settings(args), work)
+    return _run(args, work)
 
 
 def cmd_meeting_action(args: argparse.Namespace) -> int:
-    async def work(store: SqlStore) -> int:
-        meeting = await resolve_meeting(store, args.meeting)
-        if args.action != "show":
-            target = MeetingStatus.LIVE if args.action == "start" else MeetingStatus.ENDED
-            meeting = await store.transition(meeting.id, target)
+    async def work(service: MeetingService) -> int:
+        if args.action == "start":
+            meeting = await service.start(args.meeting)
+        elif args.action == "end":
+            meeting = await service.end(args.meeting, by="cli")
+        else:
+            meeting = await service.find(args.meeting)
         _print_meeting(meeting, args.json)
         return 0
 
-    return trio.run(_with_store, _settings(args), work)
+    return _run(args, work)
 
 
 def cmd_meeting_list(args: argparse.Namespace) -> int:
-    async def work(store: SqlStore) -> int:
+    async def work(service: MeetingService) -> int:
         status = MeetingStatus(args.status) if args.status else None
-        meetings, _total = await store.list_meetings(status=status, limit=args.limit)
+        meetings, _total = await service.list_meetings(status=status, limit=args.limit)
         for meeting in meetings:
             _print_meeting(meeting, args.json)
         return 0
 
-    return trio.run(_with_store, _settings(args), work)
+    return _run(args, work)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-
-    async def work(store: SqlStore) -> int:
-        meeting = await resolve_meeting(store, args.meeting)
-        token = mint_token(
-            settings.token_keys(),
-            meeting_id=meeting.id,
+    async def work(service: MeetingService) -> int:
+        issued = await service.issue_token(
+            args.meeting,
             emp_id=args.emp,
-            display_name=args.name or args.emp,
+            display_name=args.name,
             role=Role(args.role),
             ttl=dt.timedelta(seconds=args.ttl),
         )
-        print(json.dumps({"token": token, "meetingId": meeting.id}) if args.json else token)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "token": issued.token,
+                        "meetingId": issued.meeting_id,
+                        "expiresAt": issued.expires_at.isoformat(),
+                    }
+                )
+            )
+        else:
+            print(issued.token)
         return 0
 
-    return trio.run(_with_store, settings, work)
+    return _run(args, work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshroom: error: {exc}", file=sys.stderr)
     except InvalidTransition as exc:
         print(f"meshroom: error: {exc}", file=sys.stderr)
+    except MeetingNotFound as exc:
+        print(f"meshroom: error: no meeting with id or room code {exc}", file=sys.stderr)
     except StoreError as exc:
         print(f"meshroom: error: database: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

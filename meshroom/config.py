@@ -37,6 +37,18 @@ class Settings:
     port: int = field(
         default=8765, metadata={"help": "port of the signaling WebSocket (/meetings)"}
     )
+    http_port: int = field(
+        default=8080,
+        metadata={"help": "port of the HTTP API, health, metrics and Quart WebSocket; 0 = off"},
+    )
+    api_keys: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated API keys for /api (Authorization: Bearer KEY)"},
+    )
+    api_key_file: str = field(
+        default="meshroom.apikey",
+        metadata={"help": "where the API key is read from, or created if no key is set"},
+    )
     database_url: str = field(
         default="sqlite:///meshroom.db",
         metadata={"help": "SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user@host/db"},
@@ -147,25 +159,39 @@ class Settings:
             raise ConfigError(str(exc)) from None
 
     def _secret_from_file(self, *, create: bool) -> str:
-        path = Path(self.secret_file)
-        if path.exists():
-            secret = _read(str(path), "secret").strip()
-            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                log.warning("%s is readable by other users; chmod 600 it", path)
-            return secret
-        if not create:
-            raise ConfigError(f"no secret: set MESHROOM_SECRET or create {path}")
-        secret = generate_secret()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return _read(str(path), "secret").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot create the secret file {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-        log.info("generated a new token secret in %s", path)
+        return _secret_file(Path(self.secret_file), "token secret", "MESHROOM_SECRET", create)
+
+    def api_key_list(self, *, create: bool = True) -> tuple[str, ...]:
+        """The keys that authorise /api calls; one is generated and kept if none is set."""
+        if self.api_keys:
+            keys = _split(self.api_keys)
+        else:
+            keys = (_secret_file(Path(self.api_key_file), "API key", "MESHROOM_API_KEYS", create),)
+        if any(len(key) < 16 for key in keys):
+            raise ConfigError("API keys must be at least 16 characters long")
+        return keys
+
+
+def _secret_file(path: Path, what: str, variable: str, create: bool) -> str:
+    """Read a secret kept in a file, or create the file (mode 0600) with a fresh one."""
+    if path.exists():
+        secret = _read(str(path), what).strip()
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s is readable by other users; chmod 600 it", path)
         return secret
+    if not create:
+        raise ConfigError(f"no {what}: set {variable} or create {path}")
+    secret = generate_secret()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _read(str(path), what).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot create the {what} file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    log.info("generated a new %s in %s", what, path)
+    return secret
 
 
 def env_name(field_name: str) -> str:

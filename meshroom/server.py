@@ -31,6 +31,8 @@ class Server:
         self.settings = settings
         self.hub: Hub | None = None
         self.port: int | None = None
+        self.http_port: int | None = None
+        self._http_done = trio.Event()
         self._stop = trio.Event()
 
     @property
@@ -76,9 +78,14 @@ class Server:
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
             await hub.serve(conn, token=upgrade.token)
 
+        http_stop = trio.Event()
+        if not settings.http_port:
+            self._http_done.set()
         try:
             async with trio.open_nursery() as root:
                 await root.start(hub.run)
+                if settings.http_port:
+                    await self._start_http(root, hub, http_stop)
                 async with trio.open_nursery() as handlers:
                     async with trio.open_nursery() as acceptor:
                         await acceptor.start(
@@ -93,8 +100,9 @@ class Server:
                             )
                         )
                         log.info(
-                            "meshroom signaling on %s (database %s)",
+                            "meshroom signaling on %s, HTTP API on %s (database %s)",
                             self.url,
+                            self.http_url or "(off)",
                             _safe_url(settings.database_url),
                         )
                         task_status.started(self)
@@ -107,10 +115,53 @@ class Server:
                     with trio.move_on_after(settings.close_timeout + 5):
                         await hub.shutdown()
                     handlers.cancel_scope.cancel()
+                http_stop.set()
+                with trio.move_on_after(settings.close_timeout):
+                    await self._http_done.wait()
                 root.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
+
+    async def _start_http(self, nursery: trio.Nursery, hub: Hub, stop: trio.Event) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        from .http import create_app
+
+        settings = self.settings
+        config = Config()
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        config.bind = [f"{host}:{settings.http_port}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")  # through meshroom's logging setup
+        config.graceful_timeout = settings.close_timeout
+        # Hypercorn buffers a whole message before the app sees it; the app then
+        # answers FRAME_TOO_LARGE for anything over max_message_bytes.
+        config.websocket_max_message_size = max(4 * settings.max_message_bytes, 1 << 20)
+        app = create_app(settings, hub=hub)
+
+        async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            finally:
+                self._http_done.set()
+
+        try:
+            bound = await nursery.start(serve_http)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.http_port}: {exc.strerror or exc}"
+            ) from None
+        self.http_port = int(bound[0].rsplit(":", 1)[1])
+
+    @property
+    def http_url(self) -> str | None:
+        if self.http_port is None:
+            return None
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http_port}"
 
 
 def open_store(settings: Settings) -> SqlStore:

@@ -16,6 +16,7 @@ from meshroom.core import Hub
 from meshroom.store import Meeting, MeetingStatus, SqlStore
 
 SECRET = "test-secret-" + "x" * 40
+API_KEY = "test-api-key-0123456789"
 
 
 @dataclass
@@ -28,6 +29,11 @@ class RunningServer:
     @property
     def url(self) -> str:
         return self.server.url
+
+    @property
+    def http_url(self) -> str:
+        assert self.server.http_url is not None
+        return self.server.http_url
 
     @property
     def hub(self) -> Hub:
@@ -72,6 +78,8 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
+        "http_port": 0,
+        "api_keys": API_KEY,
         "database_url": f"sqlite:///{tmp_path / 'meshroom.db'}",
         "secret": SECRET,
         "auth_timeout": 5.0,

@@ -1,0 +1,149 @@
+"""``Meshroom``: the Quart extension that adds meshroom to a quart-trio application.
+
+    app = QuartTrio(__name__)
+    Meshroom(app, url_prefix="/meshroom")
+
+registers the REST API (``/api``), the signaling WebSocket (``/meetings``),
+``/healthz``, ``/readyz`` and ``/metrics`` under the prefix, an OpenAPI document
+(``/openapi.json``, browsable at ``/docs``), and runs meshroom's hub in the
+application's nursery for as long as the app serves. Settings come from
+``app.config`` keys named like the environment variables (``MESHROOM_DATABASE_URL``,
+``MESHROOM_SECRET``, …), then the environment, then defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from quart import Quart
+from quart_schema import QuartSchema
+
+from ..config import Settings, env_name
+from ..core import Hub
+from ..metrics import Metrics
+from ..server import open_store
+from ..service import MeetingService
+from ..store import Store
+from .api import api
+from .ops import ops
+from .signaling import signaling
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "meshroom"
+
+
+class Meshroom:
+    """Serve meshroom from a Quart (quart-trio) app.
+
+    Args:
+        app: the application; or call :meth:`init_app` later.
+        settings: explicit settings; by default read from ``app.config`` and the environment.
+        url_prefix: where everything is mounted (``""`` = the root).
+        hub: an already running hub to serve (the app then does not own store or hub).
+    """
+
+    def __init__(
+        self,
+        app: Quart | None = None,
+        *,
+        settings: Settings | None = None,
+        url_prefix: str = "",
+        hub: Hub | None = None,
+    ) -> None:
+        self._settings = settings
+        self.url_prefix = url_prefix.rstrip("/")
+        self._hub = hub
+        self._owns_hub = hub is None
+        self._service: MeetingService | None = None
+        self.api_keys: tuple[str, ...] = ()
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def settings(self) -> Settings:
+        assert self._settings is not None, "Meshroom.init_app(app) has not run"
+        return self._settings
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            raise RuntimeError("meshroom is not serving yet (the app has not started)")
+        return self._hub
+
+    @property
+    def store(self) -> Store:
+        return self.hub.store
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.hub.metrics
+
+    @property
+    def service(self) -> MeetingService:
+        if self._service is None:
+            self._service = MeetingService(self.hub.store, self.hub.keys, self.hub)
+        return self._service
+
+    def init_app(self, app: Quart) -> None:
+        if self._settings is None:
+            names = {f.name for f in dataclasses.fields(Settings)}
+            from_app = {
+                name: app.config[env_name(name)] for name in names if env_name(name) in app.config
+            }
+            self._settings = Settings.from_env(**from_app)
+        self.api_keys = self.settings.api_key_list()
+        app.extensions[EXTENSION_KEY] = self
+        if "QUART_SCHEMA" not in app.extensions:
+            QuartSchema(
+                app,
+                openapi_path=f"{self.url_prefix}/openapi.json",
+                swagger_ui_path=f"{self.url_prefix}/docs",
+                redoc_ui_path=None,
+                scalar_ui_path=None,
+                info={"title": "meshroom", "version": _version()},
+                security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+                pydantic_dump_options={"by_alias": True},
+            )
+        app.register_blueprint(api, url_prefix=f"{self.url_prefix}/api")
+        app.register_blueprint(ops, url_prefix=self.url_prefix or None)
+        app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
+        if self._owns_hub:
+            app.before_serving(self._start)
+            app.after_serving(self._stop)
+
+    async def _start(self) -> None:
+        from quart import current_app
+
+        settings = self.settings
+        store = open_store(settings)
+        await store.open()
+        hub = Hub(store, settings.token_keys(), settings.hub_config())
+        # The app's nursery owns the hub, and through it every room and peer.
+        await current_app.nursery.start(hub.run)  # type: ignore[attr-defined]
+        self._hub = hub
+        self._service = None
+        log.info("meshroom serving under %r", self.url_prefix or "/")
+
+    async def _stop(self) -> None:
+        if self._hub is not None:
+            await self._hub.shutdown()
+            await self._hub.store.close()
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def create_app(settings: Settings, *, hub: Hub | None = None, **options: Any) -> Quart:
+    """meshroom's own HTTP application (what ``meshroom serve`` runs on the HTTP port)."""
+    from quart_trio import QuartTrio
+
+    app = QuartTrio("meshroom")
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    Meshroom(app, settings=settings, hub=hub, **options)
+    return app

@@ -1,0 +1,170 @@
+"""Request and response models of the HTTP API.
+
+These pydantic models are the single definition: quart-schema validates
+requests against them and generates the OpenAPI document from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ..roles import Role
+from ..store import MeetingStatus
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+EmpId = Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")
+
+
+class CreateMeeting(Model):
+    title: str = Field(min_length=1, max_length=200)
+    host_emp_id: str = EmpId
+    scheduled_at: dt.datetime | None = None
+    start: bool = Field(default=False, description="make the meeting LIVE at once")
+
+
+class MeetingOut(Model):
+    id: str
+    title: str
+    room_code: str
+    host_emp_id: str
+    status: MeetingStatus
+    scheduled_at: dt.datetime | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    live_participants: int = 0
+
+
+class ListMeetingsQuery(Model):
+    status: MeetingStatus | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class MeetingPage(Model):
+    items: list[MeetingOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class IssueToken(Model):
+    emp_id: str = EmpId
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Role = Role.PARTICIPANT
+    ttl_seconds: int = Field(default=7200, ge=30, le=7 * 24 * 3600)
+
+
+class TokenOut(Model):
+    token: str
+    meeting_id: str
+    emp_id: str
+    role: Role
+    expires_at: dt.datetime
+    signaling_path: str = "/meetings"
+
+
+class Presence(Model):
+    muted: bool
+    camera_off: bool
+    hand_raised: bool
+
+
+class ParticipantOut(Model):
+    emp_id: str
+    display_name: str
+    role: Role
+    presence: Presence
+    joined_at: dt.datetime
+    seconds_present: int
+
+
+class ParticipantList(Model):
+    meeting_id: str
+    participants: list[ParticipantOut]
+
+
+class KickOut(Model):
+    meeting_id: str
+    emp_id: str
+    kicked: bool
+
+
+class CreateBan(Model):
+    emp_id: str = EmpId
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class BanOut(Model):
+    meeting_id: str
+    emp_id: str
+    banned_at: dt.datetime
+    banned_by: str | None
+    reason: str | None
+
+
+class BanList(Model):
+    meeting_id: str
+    bans: list[BanOut]
+
+
+class AttendanceRecordOut(Model):
+    id: int
+    meeting_id: str
+    emp_id: str
+    display_name: str
+    role: Role
+    joined_at: dt.datetime
+    left_at: dt.datetime | None
+    duration_seconds: float | None
+    leave_reason: str | None
+
+
+class AttendanceTotalOut(Model):
+    emp_id: str
+    display_name: str
+    sessions: int
+    total_seconds: float
+    first_joined_at: dt.datetime
+    last_left_at: dt.datetime | None
+    present: bool
+
+
+class AttendanceOut(Model):
+    records: list[AttendanceRecordOut]
+    totals: list[AttendanceTotalOut]
+
+
+class AttendanceQuery(Model):
+    format: Literal["json", "csv"] = "json"
+    view: Literal["records", "totals"] = Field(
+        default="records", description="which table the CSV holds (JSON always has both)"
+    )
+
+
+class EmployeeAttendanceQuery(AttendanceQuery):
+    since: dt.datetime | None = Field(default=None, alias="from")
+    until: dt.datetime | None = Field(default=None, alias="to")
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    fields: list[dict[str, str]] | None = None
+
+
+class ErrorOut(Model):
+    error: ErrorDetail
+
+
+class Health(Model):
+    status: str
+    detail: str | None = None
