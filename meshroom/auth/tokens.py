@@ -148,12 +148,17 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
         role = Role(role)
     except ValueError:
         raise TokenError(f"token role must be one of {', '.join(Role)}") from None
+    try:
+        issued_at = dt.datetime.fromtimestamp(payload["iat"], dt.UTC)
+        expires_at = dt.datetime.fromtimestamp(payload["exp"], dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        raise TokenError("token timestamps are out of range") from None
     return Claims(
         meeting_id=meeting_id,
         emp_id=emp_id,
         display_name=name,
         role=role,
         jti=str(payload["jti"]),
-        issued_at=dt.datetime.fromtimestamp(payload["iat"], dt.UTC),
-        expires_at=dt.datetime.fromtimestamp(payload["exp"], dt.UTC),
+        issued_at=issued_at,
+        expires_at=expires_at,
     )
