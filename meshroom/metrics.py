@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -30,7 +32,7 @@ class Metrics:
         )
         self.relay_latency = Histogram(
             "meshroom_relay_latency_seconds",
-            "Time from reading a signal to handing it to the target's socket",
+            "Time from relaying a signal to writing it to the target's socket (sampled)",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
@@ -44,6 +46,7 @@ class Metrics:
         # Resolved once: labelled children are looked up per message otherwise.
         self._relayed = {event: self.messages.labels(event) for event in _SIGNALS}
         self._left = {reason: self.leaves.labels(reason.value) for reason in LeaveReason}
+        self._relay_count = 0
 
     def room_opened(self) -> None:
         self.rooms.inc()
@@ -64,8 +67,18 @@ class Metrics:
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
 
-    def relayed(self, event: str) -> None:
+    def relayed(self, event: str) -> int:
+        """Count one relayed signal; returns the running count, used to sample latency."""
         self._relayed[event].inc()
+        self._relay_count += 1
+        return self._relay_count
+
+    def observe_relay(self, samples: deque[float], count: int, now: float) -> None:
+        for _ in range(count):
+            self.relay_latency.observe(now - samples.popleft())
+
+    def db_call(self, operation: str, seconds: float) -> None:
+        self.db_latency.labels(operation).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -91,6 +91,8 @@ class Hub:
         self.keys = keys
         self.config = config or HubConfig()
         self.metrics = metrics or Metrics()
+        if getattr(store, "on_call", False) is None:
+            store.on_call = self.metrics.db_call  # type: ignore[attr-defined]
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self._room_locks = KeyedLocks()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,8 @@ class Peer:
         self.outbox, self.outbox_reader = trio.open_memory_channel[str](outbox_size)
         # Cancelling this stops the peer reading; its session then winds down and closes.
         self.read_scope = trio.CancelScope()
+        # trio.current_time() of sampled relays queued to this peer (see Metrics.observe_relay).
+        self.latency_samples: deque[float] = deque()
         self.exit: Exit | None = None
         self.leave_recorded = False
         self.finished = trio.Event()

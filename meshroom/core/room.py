@@ -50,6 +50,8 @@ SIGNAL_PAYLOADS: Final = {
 }
 # Frames a writer sends in one go when its queue has backed up.
 WRITE_BATCH: Final = 256
+# One relayed signal in this many is timed for the relay latency histogram.
+LATENCY_SAMPLE_EVERY: Final = 32
 
 Handler = Callable[[Peer, Request], Awaitable[bool]]
 
@@ -228,6 +230,7 @@ class Room:
 
     async def _write_loop(self, peer: Peer, conn: Connection) -> None:
         reader = peer.outbox_reader
+        samples = peer.latency_samples
         try:
             async for frame in reader:
                 batch = [frame]
@@ -236,7 +239,12 @@ class Room:
                         batch.append(reader.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                # Samples taken so far belong to frames already queued, hence in this batch
+                # (or an earlier one) unless the batch was cut at WRITE_BATCH.
+                timed = len(samples)
                 await conn.send(batch)
+                if timed:
+                    self.hub.metrics.observe_relay(samples, timed, trio.current_time())
         except ConnectionClosed:
             if peer.exit is None:
                 peer.exit = exits.DISCONNECTED
@@ -294,7 +302,8 @@ class Room:
             )
         key = SIGNAL_PAYLOADS[request.event]
         self._send(target, encode_event(request.event, {"fromEmpId": peer.emp_id, key: data[key]}))
-        self.hub.metrics.relayed(request.event)
+        if self.hub.metrics.relayed(request.event) % LATENCY_SAMPLE_EVERY == 0:
+            target.latency_samples.append(trio.current_time())
         if request.id is not None:
             self._send(peer, encode_ack(request.id))
 

@@ -82,31 +82,86 @@ def create_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
+    connect_args: dict[str, Any] = {}
+    if sa_url.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
     return sa.create_engine(
-        sa_url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, pool_timeout=10
+        sa_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args=connect_args,
     )
 
 
 class SqlStore:
     """Store on any SQLAlchemy URL: ``sqlite:///meshroom.db``, ``postgresql+psycopg://…``."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, auto_migrate: bool = False) -> None:
         self.url = url
+        self.auto_migrate = auto_migrate
         self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._limiter = trio.CapacityLimiter(1 if self.is_sqlite else pool_size)
+        # Told (operation, seconds) after every database call, waiting for a thread included.
+        self.on_call: Callable[[str, float], None] | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(_translate_errors(fn), *args, **kwargs)
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        started = trio.current_time()
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        finally:
+            if self.on_call is not None:
+                self.on_call(fn.__name__.lstrip("_"), trio.current_time() - started)
 
     # Lifecycle
 
     async def open(self) -> None:
-        await self._run(self._create_schema)
+        """Check the schema: create it in an empty database, upgrade it if allowed.
 
-    def _create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        Raises SchemaOutOfDate (naming ``meshroom db upgrade``), SchemaError or
+        StoreUnavailable.
+        """
+        await self._run(self._prepare_schema)
+
+    def _prepare_schema(self) -> None:
+        with self.engine.begin() as conn:
+            state = migrate.inspect(conn)
+            if state.status is SchemaStatus.CURRENT:
+                return
+            if state.status is SchemaStatus.EMPTY or (
+                self.auto_migrate
+                and state.status in (SchemaStatus.BEHIND, SchemaStatus.UNVERSIONED)
+            ):
+                before, after = migrate.upgrade(conn)
+                if before is None:
+                    log.info("created the database schema (revision %s)", after)
+                else:
+                    log.warning("upgraded the database schema from %s to %s", before, after)
+                return
+            if state.status in (SchemaStatus.BEHIND, SchemaStatus.UNVERSIONED):
+                raise SchemaOutOfDate(
+                    f"{state.describe()}; run `meshroom db upgrade` "
+                    "(or start the server with --auto-migrate)"
+                )
+            raise SchemaError(state.describe())
+
+    async def schema_state(self) -> SchemaState:
+        return await self._run(self._schema_state)
+
+    def _schema_state(self) -> SchemaState:
+        with self.engine.connect() as conn:
+            return migrate.inspect(conn)
+
+    async def upgrade_schema(self, revision: str = "head") -> tuple[str | None, str]:
+        """Migrate to ``revision``; (from, to). Used by ``meshroom db upgrade``."""
+        return await self._run(self._upgrade_schema, revision)
+
+    def _upgrade_schema(self, revision: str) -> tuple[str | None, str]:
+        with self.engine.begin() as conn:
+            return migrate.upgrade(conn, revision)
 
     async def close(self) -> None:
         await self._run(self.engine.dispose)
