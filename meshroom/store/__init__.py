@@ -1,5 +1,6 @@
 """Persistence: the :class:`Store` interface and its SQLAlchemy implementation."""
 
+from .base import RECOVERED_LEAVE_REASON as RECOVERED_LEAVE_REASON
 from .base import Admission as Admission
 from .base import AttendanceRecord as AttendanceRecord
 from .base import Ban as Ban
@@ -10,6 +11,8 @@ from .base import Meeting as Meeting
 from .base import MeetingNotFound as MeetingNotFound
 from .base import MeetingNotLive as MeetingNotLive
 from .base import MeetingStatus as MeetingStatus
+from .base import SchemaError as SchemaError
+from .base import SchemaOutOfDate as SchemaOutOfDate
 from .base import Store as Store
 from .base import StoreError as StoreError
 from .base import StoreUnavailable as StoreUnavailable

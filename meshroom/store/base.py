@@ -30,6 +30,14 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or refused the work; retrying later may succeed."""
 
 
+class SchemaError(StoreError):
+    """The database's schema is not one this meshroom can use (the message says what to do)."""
+
+
+class SchemaOutOfDate(SchemaError):
+    """The schema is at an older revision; ``meshroom db upgrade`` brings it up to date."""
+
+
 class MeetingNotFound(StoreError):
     pass
 
@@ -91,6 +99,12 @@ class AttendanceRecord:
     left_at: dt.datetime | None
     duration_seconds: float | None
     leave_reason: str | None
+    last_seen_at: dt.datetime | None = None  # the last heartbeat that found the peer live
+    closed_by_recovery: bool = False  # closed at a start after a crash, at last_seen_at
+
+
+# The leave_reason of rows that crash recovery closes.
+RECOVERED_LEAVE_REASON = "server-crash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +150,24 @@ class Store(Protocol):
         """
         ...
 
-    async def record_leaves(self, leaves: Sequence[Leave]) -> None:
-        """Close attendance rows; a row already closed is left as it is (idempotent)."""
+    async def record_leaves(self, leaves: Sequence[Leave]) -> int:
+        """Close attendance rows; a row already closed is left as it is (idempotent).
+
+        Returns how many rows this call closed.
+        """
+        ...
+
+    async def touch_attendance(self, attendance_ids: Sequence[int], at: dt.datetime) -> int:
+        """Set ``last_seen_at`` of those rows still open, in one statement; how many."""
+        ...
+
+    async def recover_open_attendance(self) -> int:
+        """Close every open row at its last_seen_at (else joined_at), marked as recovered.
+
+        Only for a server starting up, when no peer of its own can be live.
+        Returns how many rows were closed.
+        """
+        ...
 
     # Moderation
     async def ban(

@@ -1,6 +1,14 @@
-"""Table definitions (SQLAlchemy Core). The one place the schema is spelled out."""
+"""Table definitions (SQLAlchemy Core): the schema at the newest migration.
+
+The database itself is created and changed only by the Alembic migrations in
+``meshroom/store/migrations/``; a change here needs a new revision there (a test
+compares the two on every backend).
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -14,9 +22,37 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
+    false,
 )
 
 metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime on every backend.
+
+    PostgreSQL keeps the instant (``timestamptz``) but hands it back in the
+    session's time zone; SQLite keeps the wall-clock digits and drops the
+    offset. Writing UTC and reading back UTC makes both behave the same. A naive
+    datetime is taken to be UTC already (everything meshroom writes is).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
 
 meetings = Table(
     "meetings",
@@ -26,10 +62,10 @@ meetings = Table(
     Column("room_code", String(16), nullable=False, unique=True),
     Column("host_emp_id", String(128), nullable=False),
     Column("status", String(16), nullable=False, index=True),
-    Column("scheduled_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("ended_at", DateTime(timezone=True)),
+    Column("scheduled_at", UtcDateTime()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("started_at", UtcDateTime()),
+    Column("ended_at", UtcDateTime()),
 )
 
 participants = Table(
@@ -42,7 +78,7 @@ participants = Table(
     # Set when a host promotes or demotes this employee; wins over the token's role.
     Column("role_override", String(16)),
     Column("banned", Boolean, nullable=False, default=False),
-    Column("banned_at", DateTime(timezone=True)),
+    Column("banned_at", UtcDateTime()),
     Column("banned_by", String(128)),
     Column("ban_reason", Text),
 )
@@ -55,10 +91,22 @@ attendance = Table(
     Column("emp_id", String(128), nullable=False),
     Column("display_name", String(200), nullable=False),
     Column("role", String(16), nullable=False),
-    Column("joined_at", DateTime(timezone=True), nullable=False),
-    Column("left_at", DateTime(timezone=True)),
+    Column("joined_at", UtcDateTime(), nullable=False),
+    Column("left_at", UtcDateTime()),
     Column("duration_seconds", Float),
     Column("leave_reason", String(32)),
+    # Written for live peers every heartbeat; crash recovery closes a dangling row here.
+    Column("last_seen_at", UtcDateTime()),
+    # True when the row was closed at the next start after a crash, not by a real leave.
+    Column("closed_by_recovery", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_attendance_meeting", "meeting_id"),
     Index("ix_attendance_emp_joined", "emp_id", "joined_at"),
+)
+
+# Open rows only: what heartbeats touch and crash recovery scans.
+Index(
+    "ix_attendance_open",
+    attendance.c.meeting_id,
+    sqlite_where=attendance.c.left_at.is_(None),
+    postgresql_where=attendance.c.left_at.is_(None),
 )

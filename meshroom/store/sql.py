@@ -5,6 +5,10 @@ SQLAlchemy's engines are synchronous; every call runs in a Trio worker thread
 connection pool, so the Trio thread never blocks on the database and no more
 threads wait than there are connections. SQLite allows one writer at a time,
 so it gets a single worker.
+
+The schema is Alembic's (see :mod:`meshroom.store.migrate`): :meth:`SqlStore.open`
+creates it in an empty database, and refuses an out-of-date one unless the
+store was made with ``auto_migrate=True``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from sqlalchemy.pool import StaticPool
 
 from ..roles import Role
 from ..roomcode import new_room_code
+from . import migrate
 from .base import (
+    RECOVERED_LEAVE_REASON,
     Admission,
     AttendanceRecord,
     Ban,
@@ -35,14 +41,22 @@ from .base import (
     MeetingNotFound,
     MeetingNotLive,
     MeetingStatus,
+    SchemaError,
+    SchemaOutOfDate,
     StoreUnavailable,
 )
-from .schema import attendance, meetings, metadata, participants
+from .migrate import SchemaState, SchemaStatus
+from .schema import attendance, meetings, participants
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# Rows per statement when a call names many attendance rows (SQLite caps bound parameters).
+_CHUNK = 1000
+# Seconds a new PostgreSQL connection may take; past it the store is unavailable.
+PG_CONNECT_TIMEOUT = 5
 
 _TRANSITIONS = {
     MeetingStatus.SCHEDULED: {MeetingStatus.LIVE, MeetingStatus.ENDED},
@@ -183,6 +197,11 @@ class SqlStore:
     def _create_meeting(
         self, title: str, host_emp_id: str, scheduled_at: dt.datetime | None
     ) -> Meeting:
+        # PostgreSQL enforces column lengths and SQLite does not: check here, for both.
+        if len(title) > meetings.c.title.type.length:  # type: ignore[attr-defined]
+            raise ValueError(f"a title has at most {meetings.c.title.type.length} characters")  # type: ignore[attr-defined]
+        if len(host_emp_id) > meetings.c.host_emp_id.type.length:  # type: ignore[attr-defined]
+            raise ValueError("an employee id has at most 128 characters")
         for _attempt in range(8):
             values = {
                 "id": str(uuid.uuid4()),
@@ -270,8 +289,15 @@ class SqlStore:
         self, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
     ) -> Admission:
         with self.engine.begin() as conn:
+            # FOR SHARE (PostgreSQL): concurrent joins do not block one another, but a
+            # concurrent end (FOR UPDATE) waits for this row, or this join for the end,
+            # so no open row can slip in after the end closed them all.
             row = (
-                conn.execute(sa.select(meetings).where(meetings.c.id == meeting_id))
+                conn.execute(
+                    sa.select(meetings)
+                    .where(meetings.c.id == meeting_id)
+                    .with_for_update(read=True)
+                )
                 .mappings()
                 .first()
             )
@@ -327,30 +353,89 @@ class SqlStore:
         }
         conn.execute(_insert_ignoring_conflict(self.engine, participants, values))
 
-    async def record_leaves(self, leaves: Sequence[Leave]) -> None:
-        if leaves:
-            await self._run(self._record_leaves, list(leaves))
+    async def record_leaves(self, leaves: Sequence[Leave]) -> int:
+        if not leaves:
+            return 0
+        return await self._run(self._record_leaves, list(leaves))
 
-    def _record_leaves(self, leaves: list[Leave]) -> None:
-        by_id = {leave.attendance_id: leave for leave in leaves}
+    def _record_leaves(self, leaves: list[Leave]) -> int:
+        by_id: dict[int, Leave] = {}
+        for leave in leaves:
+            by_id.setdefault(leave.attendance_id, leave)  # the first leave of a row wins
+        ids = sorted(by_id)  # one lock order for every writer: no deadlock between batches
+        closed = 0
         with self.engine.begin() as conn:
-            open_rows = conn.execute(
-                sa.select(attendance.c.id, attendance.c.joined_at).where(
-                    attendance.c.id.in_(by_id) & attendance.c.left_at.is_(None)
+            for start in range(0, len(ids), _CHUNK):
+                open_rows = conn.execute(
+                    sa.select(attendance.c.id, attendance.c.joined_at)
+                    .where(
+                        attendance.c.id.in_(ids[start : start + _CHUNK])
+                        & attendance.c.left_at.is_(None)
+                    )
+                    .order_by(attendance.c.id)
+                ).all()
+                for row_id, joined_at in open_rows:
+                    leave = by_id[row_id]
+                    joined = _utc_required(joined_at)
+                    left_at = max(leave.left_at, joined)
+                    result = conn.execute(
+                        attendance.update()
+                        .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
+                        .values(
+                            left_at=left_at,
+                            leave_reason=leave.reason,
+                            duration_seconds=(left_at - joined).total_seconds(),
+                        )
+                    )
+                    closed += result.rowcount
+        return closed
+
+    async def touch_attendance(self, attendance_ids: Sequence[int], at: dt.datetime) -> int:
+        if not attendance_ids:
+            return 0
+        return await self._run(self._touch_attendance, sorted(set(attendance_ids)), at)
+
+    def _touch_attendance(self, ids: list[int], at: dt.datetime) -> int:
+        touched = 0
+        with self.engine.begin() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                result = conn.execute(
+                    attendance.update()
+                    .where(
+                        attendance.c.id.in_(ids[start : start + _CHUNK])
+                        & attendance.c.left_at.is_(None)
+                    )
+                    .values(last_seen_at=at)
                 )
+                touched += result.rowcount
+        return touched
+
+    async def recover_open_attendance(self) -> int:
+        return await self._run(self._recover_open_attendance)
+
+    def _recover_open_attendance(self) -> int:
+        closed = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(attendance.c.id, attendance.c.joined_at, attendance.c.last_seen_at)
+                .where(attendance.c.left_at.is_(None))
+                .order_by(attendance.c.id)
             ).all()
-            for row_id, joined_at in open_rows:
-                leave = by_id[row_id]
-                duration = max(0.0, (leave.left_at - _utc_required(joined_at)).total_seconds())
-                conn.execute(
+            for row_id, joined_at, last_seen_at in rows:
+                joined = _utc_required(joined_at)
+                left_at = max(joined, _utc(last_seen_at) or joined)
+                result = conn.execute(
                     attendance.update()
                     .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
                     .values(
-                        left_at=leave.left_at,
-                        leave_reason=leave.reason,
-                        duration_seconds=duration,
+                        left_at=left_at,
+                        leave_reason=RECOVERED_LEAVE_REASON,
+                        duration_seconds=(left_at - joined).total_seconds(),
+                        closed_by_recovery=True,
                     )
                 )
+                closed += result.rowcount
+        return closed
 
     def _close_open_rows(
         self, conn: Connection, meeting_id: str, at: dt.datetime, reason: str
@@ -477,6 +562,8 @@ class SqlStore:
                 left_at=_utc(r["left_at"]),
                 duration_seconds=r["duration_seconds"],
                 leave_reason=r["leave_reason"],
+                last_seen_at=_utc(r["last_seen_at"]),
+                closed_by_recovery=bool(r["closed_by_recovery"]),
             )
             for r in rows
         ]
