@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=7200, metavar="SECONDS")
     token.set_defaults(run=cmd_token)
 
+    connect = commands.add_parser(
+        "connect",
+        help="join a meeting from the terminal: print what arrives, send JSON lines you type",
+    )
+    connect.add_argument("token", help="a meeting access token (see `meshroom token`)")
+    connect.add_argument("--url", default="ws://127.0.0.1:8765/meetings", help="signaling URL")
+    connect.set_defaults(run=cmd_connect)
+
     for sub in (
         create,
         token,
@@ -233,6 +241,38 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
 
     return _run(args, work)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from .client import JoinRefused, connect
+
+    async def pump_stdin(peer: Any) -> None:
+        stdin = trio.wrap_file(sys.stdin)
+        async for line in stdin:
+            if line.strip():
+                await peer.send_raw(line.strip())
+        await peer.close()
+
+    async def session() -> int:
+        try:
+            async with connect(args.url, args.token) as peer, trio.open_nursery() as nursery:
+                print(json.dumps({"event": "room:joined", "data": peer.snapshot}), flush=True)
+                nursery.start_soon(pump_stdin, peer)
+                async for event in peer:
+                    frame: dict[str, Any] = {"event": event.name, "data": event.data}
+                    if event.id is not None:
+                        frame["id"] = event.id
+                    print(json.dumps(frame), flush=True)
+                print(f"closed: {peer.close_code} {peer.close_reason or ''}".rstrip(), flush=True)
+                nursery.cancel_scope.cancel()
+        except JoinRefused as exc:
+            message = f"join refused: {exc.code}: {exc.message} (close {exc.close_code})"
+            raise ConfigError(message) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot connect to {args.url}: {exc.strerror or exc}") from None
+        return 0
+
+    return trio.run(session)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
