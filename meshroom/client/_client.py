@@ -206,12 +206,9 @@ async def connect(
     """
     if token_in_query:
         url = f"{url}{'&' if '?' in url else '?'}meetingAccessToken={quote(token)}"
-    async with (
-        open_websocket_url(
-            url, connect_timeout=connect_timeout, message_queue_size=0, max_message_size=16 * 2**20
-        ) as ws,
-        trio.open_nursery() as nursery,
-    ):
+    async with open_websocket_url(
+        url, connect_timeout=connect_timeout, message_queue_size=0, max_message_size=16 * 2**20
+    ) as ws:
         peer = Peer(ws)
         if not token_in_query:
             await ws.send_message(
@@ -233,8 +230,10 @@ async def connect(
                 code = exc.reason.code if exc.reason else None
             raise JoinRefused(data.get("code", "?"), data.get("message", ""), code, data)
         peer.snapshot = first["data"]
-        nursery.start_soon(peer._read)
-        try:
-            yield peer
-        finally:
-            nursery.cancel_scope.cancel()
+        # Opened only now, so that JoinRefused above is raised as itself, not in a group.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer._read)
+            try:
+                yield peer
+            finally:
+                nursery.cancel_scope.cancel()
