@@ -219,3 +219,19 @@ def _read(path: str, what: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as the README shows it."""
+    lines = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "(none)" if default is None else "(empty)" if default == "" else f"`{default}`"
+        lines.append(
+            f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table())
