@@ -11,7 +11,7 @@ from urllib.parse import quote
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from meshroom.client import Event, Peer, connect
+from meshroom.client import Event, MeshroomError, Peer, connect
 
 # Every networked test body runs under this deadline, so a bug fails instead of hanging.
 DEADLINE = 10
@@ -78,6 +78,15 @@ async def events_until_closed(peer: Peer) -> list[Event]:
 async def ping(peer: Peer) -> None:
     """A round trip: every frame the server queued for this peer before it is delivered."""
     await peer.request("ping")
+
+
+async def request_error(peer: Peer, event: str, data: dict[str, Any] | None = None) -> str:
+    """Send a request that must be refused; the error code."""
+    try:
+        answer = await peer.request(event, data)
+    except MeshroomError as exc:
+        return exc.code
+    raise AssertionError(f"{event} was accepted: {answer}")
 
 
 __all__ = ["DEADLINE", "Event", "Peer", "connect", "trio"]
