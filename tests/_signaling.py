@@ -80,6 +80,23 @@ async def ping(peer: Peer) -> None:
     await peer.request("ping")
 
 
+def pending(peer: Peer) -> list[Event]:
+    """The events received but not yet read, taken off the queue."""
+    events = []
+    while True:
+        try:
+            events.append(peer._events.receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
+async def assert_quiet(*peers: Peer) -> None:
+    """Each peer has been sent nothing it has not read yet (checked after a round trip)."""
+    for peer in peers:
+        await ping(peer)
+        assert pending(peer) == [], peer.emp_id
+
+
 async def request_error(peer: Peer, event: str, data: dict[str, Any] | None = None) -> str:
     """Send a request that must be refused; the error code."""
     try:

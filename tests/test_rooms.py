@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import trio
-from _signaling import DEADLINE, ping, request_error
+from _signaling import DEADLINE, assert_quiet, request_error
 from conftest import server_settings, start_server
 
 from meshroom import Role
@@ -86,10 +86,7 @@ async def test_peer_joined_goes_to_the_others_only(server):
                 "role": "PARTICIPANT",
                 "presence": {"muted": False, "cameraOff": False, "handRaised": False},
             }
-            await ping(bob)
-            await ping(alice)
-            assert bob._events.statistics().current_buffer_used == 0
-            assert alice._events.statistics().current_buffer_used == 0
+            await assert_quiet(bob, alice)
 
 
 async def test_clean_leave(server):
@@ -185,8 +182,7 @@ async def test_presence_update_is_broadcast_to_the_others(server):
             assert ack["presence"] == {"muted": True, "cameraOff": False, "handRaised": False}
             assert (await carol.wait_for("presence:updated")).data["presence"] == ack["presence"]
 
-            await ping(bob)
-            assert bob._events.statistics().current_buffer_used == 0  # not echoed to itself
+            await assert_quiet(bob)  # not echoed to itself
 
             async with connect(server.url, server.token(meeting, "dave")) as dave:
                 (bob_seen,) = [p for p in dave.snapshot["peers"] if p["empId"] == "bob"]
@@ -327,6 +323,5 @@ async def test_duplicate_join_is_refused_under_the_reject_policy(tmp_path):
                 await old.offer("alice", {"sdp": "still here"})
                 offer = await alice.next_event()
                 assert (offer.name, offer.data["fromEmpId"]) == ("signal:offer", "bob")
-                await ping(old)
-                assert old._events.statistics().current_buffer_used == 0
+                await assert_quiet(old)
             server.server.request_shutdown()
