@@ -41,6 +41,7 @@ from ..store import (
     StoreUnavailable,
 )
 from . import peer as exits
+from .attendance import AttendanceConfig, LeaveWriter, run_heartbeats
 from .connection import Connection, ConnectionClosed, MessageTooLarge
 from .locks import KeyedLocks
 from .peer import Peer
@@ -86,8 +87,12 @@ class Hub:
         config: HubConfig | None = None,
         *,
         metrics: Metrics | None = None,
+        attendance: AttendanceConfig | None = None,
     ) -> None:
         self.store = store
+        self.attendance = attendance or AttendanceConfig()
+        # Every leave goes through this one writer (see core/attendance.py).
+        self.leaves = LeaveWriter(store, self.attendance)
         self.keys = keys
         self.config = config or HubConfig()
         self.metrics = metrics or Metrics()
@@ -106,10 +111,20 @@ class Hub:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.leaves.run)
+                nursery.start_soon(
+                    run_heartbeats,
+                    self.store,
+                    self._live_attendance_ids,
+                    self.attendance.heartbeat_interval,
+                )
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            # Every peer is gone now; write the leaves still queued (bounded, logged).
+            with trio.CancelScope(shield=True):
+                await self.leaves.close()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
@@ -294,11 +309,11 @@ class Hub:
             self.metrics.rejected("meeting-ended")
             raise JoinRefused(ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended")
 
+    def _live_attendance_ids(self) -> list[int]:
+        return [p.attendance_id for room in self.rooms.values() for p in room.peers.values()]
+
     async def _close_row(self, attendance_id: int, reason: LeaveReason) -> None:
-        try:
-            await self.store.record_leaves([Leave(attendance_id, utcnow(), reason.value)])
-        except Exception:
-            log.exception("could not close attendance row %s", attendance_id)
+        await self.leaves.record(Leave(attendance_id, utcnow(), reason.value))
 
     async def _room_for(self, meeting: Meeting) -> Room:
         room = self.rooms.get(meeting.id)
@@ -332,6 +347,8 @@ class Hub:
         Returns once every peer (but ``actor``, whose own handler is running) is closed.
         Raises MeetingNotFound or InvalidTransition.
         """
+        # Queued leaves first: the end would otherwise close those rows at the end time.
+        await self.leaves.write_now()
         meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
         self._recently_ended[meeting_id] = trio.current_time() + _ENDED_MEMORY_SECONDS
         room = self.rooms.get(meeting_id)

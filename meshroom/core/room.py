@@ -221,12 +221,10 @@ class Room:
         if peer.leave_recorded:
             return
         assert peer.exit is not None
-        leave = Leave(peer.attendance_id, utcnow(), peer.exit.reason.value)
-        try:
-            await self.hub.store.record_leaves([leave])
-            peer.leave_recorded = True
-        except Exception:
-            log.exception("could not record the leave of %s in %s", peer.emp_id, self.id)
+        # The hub's leave writer owns it from here: written now if the database is up,
+        # else kept and retried until it is (never lost, never written twice).
+        peer.leave_recorded = True
+        await self.hub.leaves.record(Leave(peer.attendance_id, utcnow(), peer.exit.reason.value))
 
     async def _write_loop(self, peer: Peer, conn: Connection) -> None:
         reader = peer.outbox_reader
