@@ -229,14 +229,30 @@ def test_longest_allowed_values_pass():
 def test_encode_event_without_id_is_compact():
     assert (
         encode_event("peer:joined", {"empId": "a"})
-        == '{"event":"peer:joined","data":{"empId":"a"}}'
+        == b'{"event":"peer:joined","data":{"empId":"a"}}'
     )
 
 
 def test_encode_event_with_id_and_unicode():
     text = encode_event("room:joined", {"name": "Zoë 🎉"}, "r1")
-    assert text == '{"event":"room:joined","id":"r1","data":{"name":"Zoë 🎉"}}'
+    assert text == '{"event":"room:joined","id":"r1","data":{"name":"Zoë 🎉"}}'.encode()
     assert json.loads(text) == {"event": "room:joined", "id": "r1", "data": {"name": "Zoë 🎉"}}
+
+
+def test_encode_event_survives_a_lone_surrogate():
+    # Display names come from tokens decoded by the standard json module, which
+    # accepts "\ud800"; the frame must still be valid UTF-8 JSON.
+    text = encode_event("peer:joined", {"displayName": "bad \ud800 name"})
+    assert json.loads(text.decode("utf-8")) == {
+        "event": "peer:joined",
+        "data": {"displayName": "bad \ud800 name"},
+    }
+
+
+def test_integers_beyond_64_bits_are_bad_json():
+    with pytest.raises(ProtocolError) as info:
+        decode_request('{"event": "ping", "id": 1, "data": {"x": 123456789012345678901234567890}}')
+    assert info.value.code is ErrorCode.BAD_JSON
 
 
 def test_encode_event_with_id_zero_keeps_it():

@@ -47,8 +47,8 @@ class Connection(Protocol):
         """
         ...
 
-    async def send(self, frames: Sequence[str]) -> None:
-        """Send text messages in order, ideally as one write.
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Send text messages (each UTF-8 encoded JSON) in order, ideally as one write.
 
         Only one task calls this at a time (the peer's writer).
 

@@ -20,7 +20,7 @@ class Exit:
     reason: LeaveReason
     close_code: CloseCode
     close_reason: str
-    notice: str | None = None  # a last frame for the client, sent before the close frame
+    notice: bytes | None = None  # a last frame for the client, sent before the close frame
 
     @classmethod
     def removed(cls, reason: LeaveReason, code: CloseCode, by: str | None, message: str) -> Exit:
@@ -66,7 +66,7 @@ class Peer:
         # Set when this peer became host because the host left; the role it goes back to.
         self.acting_host_from: Role | None = None
         # Bounded: a relay never waits on a slow reader; overflow disconnects that reader.
-        self.outbox, self.outbox_reader = trio.open_memory_channel[str](outbox_size)
+        self.outbox, self.outbox_reader = trio.open_memory_channel[bytes](outbox_size)
         # Cancelling this stops the peer reading; its session then winds down and closes.
         self.read_scope = trio.CancelScope()
         # trio.current_time() of sampled relays queued to this peer (see Metrics.observe_relay).

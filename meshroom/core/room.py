@@ -165,7 +165,7 @@ class Room:
 
     # Delivery
 
-    def _send(self, peer: Peer, frame: str) -> None:
+    def _send(self, peer: Peer, frame: bytes) -> None:
         try:
             peer.outbox.send_nowait(frame)
         except trio.WouldBlock:
@@ -178,7 +178,7 @@ class Room:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the peer is already winding down
 
-    def _broadcast(self, frame: str, *, exclude: Peer | None = None) -> None:
+    def _broadcast(self, frame: bytes, *, exclude: Peer | None = None) -> None:
         for peer in list(self.peers.values()):
             if peer is not exclude:
                 self._send(peer, frame)

@@ -41,12 +41,12 @@ class QuartConnection:
                 return message
         raise ConnectionClosed(1006, "client disconnected")
 
-    async def send(self, frames: Sequence[str]) -> None:
+    async def send(self, frames: Sequence[bytes]) -> None:
         if self._gone:
             raise ConnectionClosed(1006)
         try:
             for frame in frames:
-                await self._ws.send(frame)
+                await self._ws.send(frame.decode())  # str: Quart sends str as a text frame
         except Exception as exc:  # Quart raises several kinds once the client is gone
             raise ConnectionClosed(1006) from exc
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from .codes import ErrorCode
 
 RequestId = int | str
@@ -93,16 +95,17 @@ class Request:
     id: RequestId | None = None
 
 
-def decode_request(text: str) -> Request:
+def decode_request(text: str | bytes) -> Request:
     """Parse and validate one client text frame.
 
     Raises:
         ProtocolError: for anything but a well-formed request of a known event.
     """
     try:
-        obj = json.loads(text)
+        # orjson refuses nesting deeper than 1024 levels, lone surrogates, NaN and
+        # integers beyond 64 bits, all of which are bad input here anyway.
+        obj = orjson.loads(text)
     except (ValueError, RecursionError) as exc:
-        # RecursionError: deeply nested arrays or objects exhaust the C parser's stack guard.
         raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
@@ -176,17 +179,28 @@ def _brief(exc: BaseException) -> str:
     return str(exc).split("\n", 1)[0][:120] or type(exc).__name__
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_fallback_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
-def encode_event(event: str, data: Mapping[str, Any], request_id: RequestId | None = None) -> str:
-    """Serialise one server frame."""
+def _dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        # A lone surrogate (say, in a display name decoded from a token) is not valid
+        # UTF-8; the standard encoder can still write it as a \u escape.
+        return _fallback_dumps(obj).encode()
+
+
+def encode_event(
+    event: str, data: Mapping[str, Any], request_id: RequestId | None = None
+) -> bytes:
+    """Serialise one server frame as UTF-8 JSON text."""
     if request_id is None:
         return _dumps({"event": event, "data": data})
     return _dumps({"event": event, "id": request_id, "data": data})
 
 
-def encode_ack(request_id: RequestId | None, data: Mapping[str, Any] | None = None) -> str:
+def encode_ack(request_id: RequestId | None, data: Mapping[str, Any] | None = None) -> bytes:
     return encode_event("ack", data or {}, request_id)
 
 
@@ -197,7 +211,7 @@ def encode_error(
     request_id: RequestId | None = None,
     event: str | None = None,
     field: str | None = None,
-) -> str:
+) -> bytes:
     data: dict[str, Any] = {"code": code.value, "message": message}
     if event is not None:
         data["event"] = event
@@ -206,7 +220,7 @@ def encode_error(
     return encode_event("error", data, request_id)
 
 
-def encode_protocol_error(exc: ProtocolError) -> str:
+def encode_protocol_error(exc: ProtocolError) -> bytes:
     return encode_error(
         exc.code, exc.message, request_id=exc.request_id, event=exc.event, field=exc.field
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from ..core.connection import ConnectionClosed, MessageTooLarge
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE: Final = 65536
+# Server-to-client frame headers (RFC 6455 §5.2): FIN + text opcode, unmasked length.
+_HEADER_16: Final = struct.Struct("!BBH")
+_HEADER_64: Final = struct.Struct("!BBQ")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 TOKEN_QUERY_PARAMETER: Final = "meetingAccessToken"
 
@@ -123,12 +127,22 @@ class WebSocketConnection:
         assert isinstance(event, BytesMessage)
         return b"".join(parts)  # type: ignore[arg-type]
 
-    async def send(self, frames: Sequence[str]) -> None:
-        try:
-            data = b"".join([self._ws.send(TextMessage(data=frame)) for frame in frames])
-        except LocalProtocolError:
-            raise ConnectionClosed(self.close_code) from None
-        await self._send_bytes(data)
+    async def send(self, frames: Sequence[bytes]) -> None:
+        if self._state() is not ConnectionState.OPEN:
+            raise ConnectionClosed(self.close_code)
+        # Frames are already UTF-8 JSON, so they are framed here directly rather than
+        # decoded to str for wsproto to encode again; no extension is ever negotiated.
+        parts: list[bytes] = []
+        for frame in frames:
+            size = len(frame)
+            if size < 126:
+                parts.append(bytes((0x81, size)))
+            elif size < 65536:
+                parts.append(_HEADER_16.pack(0x81, 126, size))
+            else:
+                parts.append(_HEADER_64.pack(0x81, 127, size))
+            parts.append(frame)
+        await self._send_bytes(b"".join(parts))
 
     async def _send_bytes(self, data: bytes) -> None:
         if self._broken:
