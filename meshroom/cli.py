@@ -47,6 +47,15 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
     for name in names:
         f = fields[name]
         kind = str(f.type)
+        if kind.startswith("bool"):
+            group.add_argument(
+                flag_name(name),
+                dest=name,
+                action="store_true",
+                default=None,
+                help=f"{f.metadata['help']} [{env_name(name)}=1]",
+            )
+            continue
         group.add_argument(
             flag_name(name),
             dest=name,
@@ -107,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("token", help="a meeting access token (see `meshroom token`)")
     connect.add_argument("--url", default="ws://127.0.0.1:8765/meetings", help="signaling URL")
     connect.set_defaults(run=cmd_connect)
+
+    db = commands.add_parser("db", help="database schema: upgrade it, show its revision")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_upgrade = db_commands.add_parser(
+        "upgrade", help="create the schema, or migrate it to the newest revision"
+    )
+    db_upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
+    db_upgrade.set_defaults(run=cmd_db_upgrade)
+    db_current = db_commands.add_parser("current", help="print the schema revision and status")
+    db_current.add_argument(
+        "--check", action="store_true", help="exit 1 unless the schema is up to date"
+    )
+    db_current.set_defaults(run=cmd_db_current)
+    for sub in (db_upgrade, db_current):
+        _add_settings(sub, ["database_url", "log_level"])
 
     for sub in (
         create,
@@ -273,6 +297,37 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return 0
 
     return trio.run(session)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    async def work() -> int:
+        store = open_store(_settings(args))
+        try:
+            before, after = await store.upgrade_schema(args.revision)
+        finally:
+            await store.close()
+        if before is None:
+            print(f"created the database schema at revision {after}")
+        elif before == after:
+            print(f"the database schema is up to date (revision {after})")
+        else:
+            print(f"upgraded the database schema from revision {before} to {after}")
+        return 0
+
+    return trio.run(work)
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    async def work() -> int:
+        store = open_store(_settings(args))
+        try:
+            state = await store.schema_state()
+        finally:
+            await store.close()
+        print(f"{state.current or '(none)'}  {state.status.value}: {state.describe()}")
+        return 1 if args.check and state.current != state.head else 0
+
+    return trio.run(work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from .auth import TokenKeys, generate_secret
 from .auth.tokens import SYMMETRIC_ALGORITHMS
 from .core import DuplicatePolicy, HubConfig
+from .core.attendance import AttendanceConfig
 from .ice import DEFAULT_STUN_URLS, IceConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,22 @@ class Settings:
         metadata={"help": "SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user@host/db"},
     )
     db_pool_size: int = field(default=10, metadata={"help": "database connections (not SQLite)"})
+    auto_migrate: bool = field(
+        default=False,
+        metadata={"help": "upgrade an out-of-date database schema at start instead of refusing"},
+    )
+    attendance_heartbeat: float = field(
+        default=15.0,
+        metadata={"help": "seconds between last-seen stamps of live peers (crash recovery)"},
+    )
+    leave_retry_max: float = field(
+        default=15.0,
+        metadata={"help": "longest wait, seconds, between retries of unwritten attendance leaves"},
+    )
+    leave_flush_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds shutdown waits to write attendance leaves still queued"},
+    )
     secret: str | None = field(
         default=None,
         metadata={"help": "HS256 secret for access tokens (at least 32 bytes); see secret-file"},
@@ -116,6 +133,17 @@ class Settings:
                 values[f.name] = _coerce(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def attendance_config(self) -> AttendanceConfig:
+        for name in ("attendance_heartbeat", "leave_retry_max", "leave_flush_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{flag_name(name)[2:]} must be a positive number of seconds")
+        return AttendanceConfig(
+            heartbeat_interval=self.attendance_heartbeat,
+            retry_max=self.leave_retry_max,
+            retry_initial=min(0.5, self.leave_retry_max),
+            flush_timeout=self.leave_flush_timeout,
+        )
 
     def hub_config(self) -> HubConfig:
         try:
@@ -204,6 +232,12 @@ def flag_name(field_name: str) -> str:
 
 def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.startswith("bool"):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{env_name(f.name)}={raw!r} is not true or false")
     try:
         if kind.startswith("int"):
             return int(raw)

@@ -57,11 +57,14 @@ class Server:
         """
         settings = self.settings
         hub_config = settings.hub_config()
+        attendance = settings.attendance_config()
         keys = settings.token_keys()
         store = open_store(settings)
         try:
             await store.open()
+            await _recover_attendance(store)
         except StoreError as exc:
+            await store.close()
             raise ConfigError(
                 f"cannot open the database {_safe_url(settings.database_url)}: {exc}"
             ) from None
@@ -73,7 +76,7 @@ class Server:
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None
         self.port = listeners[0].socket.getsockname()[1]
-        hub = self.hub = Hub(store, keys, hub_config)
+        hub = self.hub = Hub(store, keys, hub_config, attendance=attendance)
 
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
             await hub.serve(conn, token=upgrade.token)
@@ -167,7 +170,11 @@ class Server:
 def open_store(settings: Settings) -> SqlStore:
     """The configured store, or a ConfigError naming what is wrong with the URL."""
     try:
-        return SqlStore(settings.database_url, pool_size=settings.db_pool_size)
+        return SqlStore(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            auto_migrate=settings.auto_migrate,
+        )
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the database driver {exc.name!r} is not installed "
@@ -175,6 +182,19 @@ def open_store(settings: Settings) -> SqlStore:
         ) from None
     except Exception as exc:
         raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
+
+
+async def _recover_attendance(store: SqlStore) -> None:
+    """Close the rows an unclean stop left open (no peer of this server is live yet)."""
+    recovered = await store.recover_open_attendance()
+    if recovered:
+        log.warning(
+            "crash recovery: closed %d attendance row(s) left open by an unclean stop, "
+            "each at its last heartbeat (closed_by_recovery)",
+            recovered,
+        )
+    else:
+        log.info("crash recovery: no attendance rows were left open")
 
 
 async def _set_when_done(trigger: Callable[[], Awaitable[None]] | None, event: trio.Event) -> None:

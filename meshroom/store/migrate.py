@@ -22,6 +22,7 @@ is in one of these states:
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from .base import SchemaError
+
+# Alembic says "Context impl …" at INFO whenever a revision is read; meshroom logs
+# what it migrates itself.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The revision a pre-Alembic (meshroom 0.1) database corresponds to.
