@@ -14,6 +14,7 @@ from quart import Blueprint, Response, current_app, request
 from quart_schema import (
     RequestSchemaValidationError,
     document_response,
+    hide,
     security_scheme_blueprint,
     tag_blueprint,
     validate_querystring,
@@ -283,7 +284,7 @@ async def unban(ref: str, emp_id: str) -> Response:
     """Lift a ban."""
     if not await _meshroom().service.unban(ref, emp_id):
         return error(404, "NOT_BANNED", f"{emp_id!r} is not banned from this meeting")
-    return Response(status=204)
+    return Response(b"", status=204)  # no body: Response(None) would iterate via asyncio
 
 
 # Attendance
@@ -291,7 +292,7 @@ async def unban(ref: str, emp_id: str) -> Response:
 
 @api.get("/meetings/<ref>/attendance")
 @validate_querystring(AttendanceQuery)
-@validate_response(AttendanceOut)
+@document_response(AttendanceOut)  # not validate_response: it refuses the CSV Response
 async def meeting_attendance(ref: str, query_args: AttendanceQuery) -> AttendanceOut | Response:
     """Per-join rows and per-employee totals; ``format=csv`` for a timesheet export."""
     meeting, records = await _meshroom().service.meeting_attendance(ref)
@@ -300,7 +301,7 @@ async def meeting_attendance(ref: str, query_args: AttendanceQuery) -> Attendanc
 
 @api.get("/employees/<emp_id>/attendance")
 @validate_querystring(EmployeeAttendanceQuery)
-@validate_response(AttendanceOut)
+@document_response(AttendanceOut)
 async def employee_attendance(
     emp_id: str, query_args: EmployeeAttendanceQuery
 ) -> AttendanceOut | Response:
@@ -329,6 +330,8 @@ def _attendance(
     )
 
 
+@api.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 @api.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@hide  # a catch-all, not an endpoint to document
 async def unknown(rest: str) -> Response:
     return error(404, "NOT_FOUND", f"no API endpoint {request.method} /api/{rest}")
