@@ -102,8 +102,8 @@ def decode_request(text: str | bytes) -> Request:
         ProtocolError: for anything but a well-formed request of a known event.
     """
     try:
-        # orjson refuses nesting deeper than 1024 levels, lone surrogates, NaN and
-        # integers beyond 64 bits, all of which are bad input here anyway.
+        # orjson refuses nesting deeper than 1024 levels, lone surrogates and NaN,
+        # all of which are bad input here anyway.
         obj = orjson.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}") from None
