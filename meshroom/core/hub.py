@@ -32,6 +32,7 @@ from ..protocol import (
 )
 from ..store import (
     EmployeeBanned,
+    InvalidTransition,
     Leave,
     Meeting,
     MeetingNotFound,
@@ -349,7 +350,14 @@ class Hub:
         """
         # Queued leaves first: the end would otherwise close those rows at the end time.
         await self.leaves.write_now()
-        meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
+        try:
+            meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
+        except InvalidTransition as exc:
+            # Ended elsewhere (the CLI, another server) while its room lives here: close it too.
+            ended = await self.store.get_meeting(meeting_id)
+            if exc.current is not MeetingStatus.ENDED or meeting_id not in self.rooms or not ended:
+                raise
+            meeting = ended
         self._recently_ended[meeting_id] = trio.current_time() + _ENDED_MEMORY_SECONDS
         room = self.rooms.get(meeting_id)
         if room is not None:
