@@ -99,7 +99,9 @@ async def test_clean_leave(server):
                 assert await bob.wait_closed() == 1000
             left = await alice.wait_for("peer:left")
             assert left.data == {"empId": "bob", "reason": "left"}
-            assert list(server.hub.rooms[meeting.id].peers) == ["alice"]
+            room = server.hub.rooms[meeting.id]
+            assert list(room.peers) == ["alice"]
+        await room.done.wait()  # every leave is written
         rows = {r.emp_id: r for r in await server.store.attendance_for_meeting(meeting.id)}
         assert rows["bob"].leave_reason == "left"
 
