@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -333,7 +334,9 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = getattr(args, "log_level", None) or Settings.from_env().log_level
+    # One-shot commands answer with their result or one error line; logs are for `serve`.
+    quiet = "INFO" if args.run is cmd_serve else "ERROR"
+    level = getattr(args, "log_level", None) or os.environ.get(env_name("log_level"), quiet)
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
