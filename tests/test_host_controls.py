@@ -318,3 +318,37 @@ async def test_host_ends_a_meeting_already_ended_in_the_store(server):
             for peer in (alice, bob):
                 assert await peer.wait_closed() == 4006
                 assert (await peer.wait_for("meeting:ended")).data == {"by": "alice"}
+
+
+async def test_join_racing_the_end_of_its_meeting_leaves_no_room_behind(server, monkeypatch):
+    # The store admits the join (meeting still LIVE), then the meeting ends before the
+    # join reaches its room: the join is refused, and no empty room may stay open.
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        real_admit = server.store.admit
+        admitted, release = trio.Event(), trio.Event()
+
+        async def slow_admit(**kwargs):
+            admission = await real_admit(**kwargs)
+            admitted.set()
+            await release.wait()
+            return admission
+
+        monkeypatch.setattr(server.store, "admit", slow_admit)
+        refusals: list[JoinRefused] = []
+
+        async def join() -> None:
+            with pytest.raises(JoinRefused) as info:
+                async with connect(server.url, server.token(meeting, "late")):
+                    pass
+            refusals.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(join)
+            await admitted.wait()
+            await server.hub.end_meeting(meeting.id, by=None)
+            release.set()
+        assert (refusals[0].code, refusals[0].close_code) == ("MEETING_ENDED", 4006)
+        assert server.hub.rooms == {}
+        (row,) = await server.store.attendance_for_meeting(meeting.id)
+        assert row.leave_reason == "meeting-ended"

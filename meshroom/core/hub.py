@@ -246,7 +246,10 @@ class Hub:
                 room = await self._room_for(admission.meeting)
                 self._check_not_ended(meeting_id)
             except BaseException:
-                # Admitted but never attached: the attendance row must still be closed.
+                # Admitted but never attached: the attendance row must still be closed,
+                # and a room opened for this join alone must not stay open, empty.
+                if room is not None:
+                    room._maybe_close()
                 with trio.CancelScope(shield=True):
                     await self._close_row(admission.attendance_id, LeaveReason.MEETING_ENDED)
                 raise
