@@ -155,6 +155,17 @@ def summarise(result: dict[str, Any], scenario: str) -> dict[str, Any]:
     return out
 
 
+def meshroom_source() -> dict[str, Any]:
+    """Which meshroom was measured: its path, and the revision if the caller said."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("meshroom")
+    return {
+        "path": str(Path(spec.origin).parent) if spec and spec.origin else None,
+        "revision": os.environ.get("MESHROOM_BENCH_REVISION"),
+    }
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
@@ -378,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         hold=args.hold,
         timeout=args.timeout,
     )
-    wanted_fds = 2 * max(sizes) * max(1, args.rooms) + 1024
+    # The server holds one socket per peer, each loader its share: raise the soft limit
+    # (inherited by the server and the loaders) to cover the largest run.
+    wanted_fds = max(sizes) * max(1, args.rooms) + 1024
     fd_limit = raise_fd_limit(wanted_fds)
     if fd_limit < wanted_fds:
         console.print(
@@ -436,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "machine": machine(),
         "fd_limit": fd_limit,
+        "meshroom": meshroom_source(),
         "options": vars(opts),
         "results": rows,
         "all_runs": runs if args.repeat > 1 else None,
