@@ -137,6 +137,9 @@ async def test_host_ends_the_meeting(server):
             assert {r.leave_reason for r in rows} == {"meeting-ended"}
             stored = await server.store.get_meeting(meeting.id)
             assert stored is not None and stored.status.value == "ENDED"
+            # ... and in the hub: the meeting has no room any more.
+            assert meeting.id not in server.hub.rooms
+            assert server.hub.live_peers(meeting.id) == []
 
             for peer in (alice, bob, carol, dave):
                 events = await events_until_closed(peer)
@@ -350,5 +353,18 @@ async def test_join_racing_the_end_of_its_meeting_leaves_no_room_behind(server, 
             release.set()
         assert (refusals[0].code, refusals[0].close_code) == ("MEETING_ENDED", 4006)
         assert server.hub.rooms == {}
+        (row,) = await server.store.attendance_for_meeting(meeting.id)
+        assert row.leave_reason == "meeting-ended"
+
+
+async def test_host_alone_ends_the_meeting(server):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
+            room = server.hub.rooms[meeting.id]
+            assert await alice.end_meeting() == {"meetingId": meeting.id}
+            assert meeting.id not in server.hub.rooms
+            assert await alice.wait_closed() == 4006
+        await room.done.wait()
         (row,) = await server.store.attendance_for_meeting(meeting.id)
         assert row.leave_reason == "meeting-ended"

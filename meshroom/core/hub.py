@@ -364,6 +364,7 @@ class Hub:
         self._recently_ended[meeting_id] = trio.current_time() + _ENDED_MEMORY_SECONDS
         room = self.rooms.get(meeting_id)
         if room is not None:
+            self._forget_room(room)  # at once: an ended meeting has no room, even while it closes
             await room.end(by=by, actor=actor)
         return meeting
 
