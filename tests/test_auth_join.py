@@ -6,8 +6,15 @@ import datetime as dt
 
 import pytest
 import trio
-from _signaling import DEADLINE, close_code, raw_socket, receive_json, send_json
-from conftest import server_settings, start_server
+from _signaling import (
+    DEADLINE,
+    close_code,
+    raw_socket,
+    receive_json,
+    send_json,
+    server_settings,
+    start_server,
+)
 
 from meshroom import Role
 from meshroom.client import JoinRefused, connect

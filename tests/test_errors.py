@@ -14,8 +14,9 @@ from _signaling import (
     raw_socket,
     receive_json,
     send_json,
+    server_settings,
+    start_server,
 )
-from conftest import server_settings, start_server
 
 from meshroom import Role
 from meshroom.client import connect

@@ -5,8 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import trio
-from _signaling import DEADLINE, assert_quiet, request_error
-from conftest import server_settings, start_server
+from _signaling import DEADLINE, assert_quiet, request_error, server_settings, start_server
 
 from meshroom import Role
 from meshroom.client import JoinRefused, connect
