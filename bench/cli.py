@@ -348,7 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="meshroom's database: 'sqlite' (a fresh temp file, the default) or a SQLAlchemy "
         "PostgreSQL URL (a fresh database is created in it and dropped); repeat to compare",
     )
-    p.add_argument("--targets", default="meshroom,naive", help="comma-separated: meshroom, naive")
+    p.add_argument(
+        "--targets",
+        default="meshroom,naive",
+        help="comma-separated servers to run: meshroom (the standalone wsproto listener), "
+        "meshroom-quart (the same hub behind its Quart route on hypercorn), naive",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--chart", type=Path, help="draw a PNG chart here")
     p.add_argument(
@@ -398,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             f"[yellow]warning: RLIMIT_NOFILE is {fd_limit}, below the {wanted_fds} wanted"
         )
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(names) - {"meshroom", "meshroom-quart", "naive"}
+    if unknown:
+        build_parser().error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if scenario == "teardown":
         names = [n for n in names if n != "naive"]
     databases = args.database or ["sqlite"]
@@ -409,22 +417,24 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes
         for attempt in range(max(1, args.repeat))
         for name in names
-        for database in (databases if name == "meshroom" else [None])
+        for database in (databases if name.startswith("meshroom") else [None])
     ]
     with Ui(console, args.quiet) as ui:
         for size, attempt, name, database in plan:
             label = name
             if database is not None and len(databases) > 1:
-                label = f"meshroom[{'sqlite' if database.startswith('sqlite') else 'postgresql'}]"
+                label += f"[{'sqlite' if database.startswith('sqlite') else 'postgresql'}]"
+            kind = "naive" if name == "naive" else "meshroom"
             profile_out = None
-            if args.profile and name == "meshroom":
+            if args.profile and kind == "meshroom":
                 ext = "prof" if args.profile == "cprofile" else "html"
-                profile_out = args.profile_dir / f"profile-{scenario}-{size}.{ext}"
+                profile_out = args.profile_dir / f"profile-{scenario}-{name}-{size}.{ext}"
             target = Target(
                 name=label,
-                kind=name,
+                kind=kind,
+                transport="quart" if name == "meshroom-quart" else "standalone",
                 database=database or "sqlite",
-                profile=args.profile if name == "meshroom" else None,
+                profile=args.profile if kind == "meshroom" else None,
                 profile_out=profile_out,
             )
             ui.label = f"{label} {SIZE_NAMES[scenario]}={size}"

@@ -147,7 +147,7 @@ def _spec(
     return {
         "scenario": scenario,
         "host": LOOPBACK,
-        "port": target.port,
+        "port": target.client_port,
         "clients": clients,
         **extra,
     }

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -31,17 +32,31 @@ MESHROOM = [sys.executable, "-m", "meshroom"]
 
 
 def free_port() -> int:
-    """A port nothing listens on right now (the server is told it explicitly)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A port nothing uses right now, below the ephemeral range (32768+ on Linux).
+
+    Picking from the ephemeral range would race with every outgoing connection on
+    the machine (the loaders' own included); the server start is retried anyway.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
+
+
+class ServerExited(RuntimeError):
+    pass
 
 
 def wait_accepting(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+            raise ServerExited(f"server exited with {proc.returncode} before listening")
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex((LOOPBACK, port)) == 0:
@@ -194,15 +209,23 @@ class Target:
 
     name: str
     kind: str  # "meshroom" or "naive"
+    # meshroom's "standalone" wsproto listener, or its Quart route served by hypercorn
+    transport: str = "standalone"
     database: str = "sqlite"
     profile: str | None = None  # "cprofile", "pyinstrument" or None
     profile_out: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
     db: Database | None = None
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+
+    @property
+    def client_port(self) -> int:
+        """Where the loaders connect: the standalone listener or the HTTP (Quart) port."""
+        return self.http_port if self.transport == "quart" else self.port
 
     @property
     def pid(self) -> int:
@@ -227,6 +250,9 @@ class Target:
                 "MESHROOM_SECRET": self.secret,
                 "MESHROOM_SECRET_FILE": str(self.workdir / "meshroom.secret"),
                 "MESHROOM_LOG_LEVEL": "WARNING",
+                # The HTTP API (and its Quart signaling route) only when that is measured.
+                "MESHROOM_HTTP_PORT": str(self.http_port),
+                "MESHROOM_API_KEY_FILE": str(self.workdir / "meshroom.apikey"),
             }
         )
         env.update(self.env)
@@ -236,6 +262,7 @@ class Target:
     def running(self) -> Iterator[Target]:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.kind}-"))
         self.port = free_port()
+        self.http_port = free_port() if self.transport == "quart" else 0
         try:
             if self.kind == "meshroom":
                 self.db = Database.create(self.database, self.workdir)
@@ -253,8 +280,27 @@ class Target:
                     cmd[1:1] = ["-m", "cProfile", "-o", str(self.profile_out)]
                 else:
                     cmd[1:1] = ["-m", "pyinstrument", "-r", "html", "-o", str(self.profile_out)]
-            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-            wait_accepting(self.port, self.proc)
+            for attempt in range(5):
+                if self.kind == "meshroom":
+                    env["MESHROOM_PORT"] = str(self.port)
+                    env["MESHROOM_HTTP_PORT"] = str(self.http_port)
+                else:
+                    cmd[cmd.index("--port") + 1] = str(self.port)
+                self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+                try:
+                    wait_accepting(self.port, self.proc)
+                    if self.http_port:
+                        wait_accepting(self.http_port, self.proc)
+                    time.sleep(0.2)
+                    if self.proc.poll() is not None:  # a listener failed after the first bound
+                        raise ServerExited(f"server exited with {self.proc.returncode}")
+                    break
+                except ServerExited:
+                    if attempt == 4:
+                        raise
+                    self.port = free_port()  # most likely someone took the port meanwhile
+                    if self.http_port:
+                        self.http_port = free_port()
             yield self
         finally:
             self.stop()
