@@ -62,7 +62,6 @@ class Server:
         store = open_store(settings)
         try:
             await store.open()
-            await _recover_attendance(store)
         except StoreError as exc:
             await store.close()
             raise ConfigError(
@@ -75,6 +74,9 @@ class Server:
             raise ConfigError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
             ) from None
+        # Only now that the port is ours: a second server started by mistake must not
+        # close the first one's rows. (Two servers on one database are not supported.)
+        await _recover_attendance(store)
         self.port = listeners[0].socket.getsockname()[1]
         hub = self.hub = Hub(store, keys, hub_config, attendance=attendance)
 

@@ -288,3 +288,36 @@ def test_failures_are_one_line_in_a_real_process(tmp_path, argv, env_vars):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("meshroom: error: ")
+
+
+async def test_second_server_on_a_busy_port_leaves_the_first_ones_attendance_alone(server):
+    # Starting `meshroom serve` by mistake a second time (same port, same database)
+    # must fail without touching the running server's data: its peers' attendance
+    # rows are open because they are present, not because of a crash.
+    import trio
+
+    from meshroom.client import connect
+
+    with trio.fail_after(30):
+        meeting = await server.meeting()
+        async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MESHROOM_")}
+            env |= {
+                "MESHROOM_DATABASE_URL": server.settings.database_url,
+                "MESHROOM_SECRET": SECRET,
+                "MESHROOM_HTTP_PORT": "0",
+                "MESHROOM_LOG_LEVEL": "WARNING",
+            }
+            port = str(server.server.port)
+            result = await trio.run_process(
+                [sys.executable, "-m", "meshroom", "serve", "--host", "127.0.0.1", "--port", port],
+                env=env,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert result.returncode == 1
+            assert b"cannot listen" in result.stderr
+            (row,) = await server.store.attendance_for_meeting(meeting.id)
+            assert (row.left_at, row.leave_reason) == (None, None)
+            assert (await alice.request("ping"))["serverTime"]
