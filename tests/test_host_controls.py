@@ -368,3 +368,21 @@ async def test_host_alone_ends_the_meeting(server):
         await room.done.wait()
         (row,) = await server.store.attendance_for_meeting(meeting.id)
         assert row.leave_reason == "meeting-ended"
+
+
+async def test_a_removed_client_gets_connection_error_when_it_sends(server):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with (
+            connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice,
+            connect(server.url, server.token(meeting, "bob")) as bob,
+        ):
+            await alice.wait_for("peer:joined", empId="bob")
+            await alice.kick("bob")
+            assert await bob.wait_closed() == 4005
+            with pytest.raises(ConnectionError):
+                await bob.request("ping")
+            with pytest.raises(ConnectionError):
+                await bob.offer("alice", {"sdp": "late"})
+            assert (await alice.next_event()).data == {"empId": "bob", "reason": "kicked"}
+            await assert_quiet(alice)

@@ -70,7 +70,16 @@ class Peer:
         await self.send_raw(json.dumps(frame))
 
     async def send_raw(self, text: str | bytes) -> None:
-        await self._ws.send_message(text)
+        """Send one frame as it is.
+
+        Raises:
+            ConnectionError: the connection is closed.
+        """
+        try:
+            await self._ws.send_message(text)
+        except ConnectionClosed as exc:
+            code = exc.reason.code if exc.reason else None
+            raise ConnectionError(f"connection closed with code {code}") from None
 
     async def request(self, event: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send a frame with an id and wait for its ``ack``.
