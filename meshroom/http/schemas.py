@@ -17,7 +17,11 @@ from ..store import MeetingStatus
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # serialize_by_alias: camelCase out even when the embedding app's own QuartSchema
+    # dumps models with its default options (pydantic >= 2.11; older ones ignore it).
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", serialize_by_alias=True
+    )
 
 
 EmpId = Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")
