@@ -120,6 +120,13 @@ class Settings:
     turn_ttl: int = field(default=3600, metadata={"help": "lifetime of TURN credentials, seconds"})
     turn_username: str | None = field(default=None, metadata={"help": "static TURN username"})
     turn_credential: str | None = field(default=None, metadata={"help": "static TURN credential"})
+    demo: bool = field(
+        default=True,
+        metadata={
+            "help": "serve the demo meeting page at / and POST /demo/join (creates meetings "
+            "without an API key); MESHROOM_DEMO=0 turns it off"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     @classmethod
