@@ -390,3 +390,7 @@ async def test_an_app_with_its_own_quart_schema_keeps_meshroom_camel_case(tmp_pa
             spec = (await http.get("/openapi.json")).json()
             assert spec["info"]["title"] == "portal"
             assert "/rtc/api/meetings/{ref}/tokens" in spec["paths"]
+            # The scheme meshroom's operations name is declared in the app's document.
+            operation = spec["paths"]["/rtc/api/meetings"]["post"]
+            assert operation["security"] == [{"bearer": []}]
+            assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

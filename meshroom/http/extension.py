@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from quart import Quart
-from quart_schema import QuartSchema
+from quart_schema import HttpSecurityScheme, QuartSchema
 
 from ..config import Settings, env_name
 from ..core import Hub
@@ -108,6 +108,12 @@ class Meshroom:
                 security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
                 pydantic_dump_options={"by_alias": True},
             )
+        else:
+            # The app's own document: declare the scheme meshroom's API operations name.
+            schema = app.extensions["QUART_SCHEMA"]
+            schemes = schema.security_schemes or {}
+            schemes.setdefault("bearer", HttpSecurityScheme(type="http", scheme="bearer"))
+            schema.security_schemes = schemes
         app.register_blueprint(api, url_prefix=f"{self.url_prefix}/api")
         app.register_blueprint(ops, url_prefix=self.url_prefix or None)
         app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
