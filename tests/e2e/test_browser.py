@@ -23,8 +23,11 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunningServer
+from conftest import RunningServer, server_settings
 
+from meshroom import Server
+
+from .conftest import free_port
 from .fakevideo import write_clip
 
 TIMEOUT = 30.0
@@ -97,14 +100,78 @@ def close_to(colour: Any, expected: tuple[int, int, int], tolerance: int = 40) -
     )
 
 
-def mesh_complete(stats: Any) -> bool:
+def mesh_complete(stats: Any, peers: int = 2) -> bool:
+    """Connected to ``peers`` others, with decoded video from each, shown in a sized tile."""
     return (
         stats is not None
-        and len(stats["links"]) == 2
+        and len(stats["links"]) == peers
         and all(link["state"] == "connected" and link["frames"] > 0 for link in stats["links"])
-        and len(stats["videos"]) == 2
+        and len(stats["videos"]) == peers
         and all(width > 0 and height > 0 for _, width, height in stats["videos"])
     )
+
+
+def open_participants(
+    playwright: Any,
+    chromium: str,
+    artifacts: Path,
+    keys: list[str],
+    report: dict[str, Any],
+    browsers: list[Any],
+) -> list[Any]:
+    """One browser per participant (the fake camera clip is a browser-wide flag), one page each.
+
+    Each browser is added to ``browsers`` (for the caller to close, whatever happens); page
+    errors and console errors are collected in ``report["errors"]``.
+    """
+    pages = []
+    for key in keys:
+        clip = write_clip(artifacts / f"camera-{key}.y4m", PEOPLE[key][1])
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
+            timeout=TIMEOUT * 1000,
+        )
+        browsers.append(browser)
+        page = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+        page.set_default_timeout(TIMEOUT * 1000)
+        page.on("pageerror", lambda e, k=key: report["errors"].append(f"[{k}] {e}"))
+        page.on(
+            "console",
+            lambda m, k=key: (
+                m.type == "error" and report["errors"].append(f"[{k}] console: {m.text}")
+            ),
+        )
+        pages.append(page)
+    return pages
+
+
+def start_meeting(page: Any, base_url: str, key: str, title: str) -> str:
+    """Create a meeting from the lobby; return its room code."""
+    from playwright.sync_api import expect
+
+    page.goto(base_url)
+    expect(page.locator("body[data-ready=true]")).to_have_count(1)
+    expect(page.locator("#media-status")).to_have_text("Camera and microphone are ready.")
+    page.fill("#name", PEOPLE[key][0])
+    page.fill("#title", title)
+    page.click("#create")
+    expect(page.locator("#meeting")).to_be_visible()
+    expect(page.locator("#my-role")).to_have_text("Host")
+    return str(page.locator("#meeting-code").inner_text())
+
+
+def join_meeting(page: Any, base_url: str, key: str, code: str) -> None:
+    """Follow an invitation link (?room=CODE), give a name, join."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}?room={code}")
+    expect(page.locator("body[data-ready=true]")).to_have_count(1)
+    expect(page.locator("#room-code")).to_have_value(code)
+    page.fill("#name", PEOPLE[key][0])
+    page.click("#join")
+    expect(page.locator("#meeting")).to_be_visible()
 
 
 def run_scenario(base_url: str, chromium: str, artifacts: Path) -> dict[str, Any]:
@@ -113,50 +180,17 @@ def run_scenario(base_url: str, chromium: str, artifacts: Path) -> dict[str, Any
     report: dict[str, Any] = {"errors": []}
     expect.set_options(timeout=TIMEOUT * 1000)
     with sync_playwright() as playwright:
-        browsers = []
+        browsers: list[Any] = []
         try:
-            pages = []
-            # One browser per participant: the fake camera clip is a browser-wide flag.
-            for index, (key, (_, colour)) in enumerate(PEOPLE.items()):
-                clip = write_clip(artifacts / f"camera-{key}.y4m", colour)
-                browser = playwright.chromium.launch(
-                    executable_path=chromium,
-                    headless=True,
-                    args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
-                    timeout=TIMEOUT * 1000,
-                )
-                browsers.append(browser)
-                context = browser.new_context(viewport={"width": 1280, "height": 720})
-                page = context.new_page()
-                page.set_default_timeout(TIMEOUT * 1000)
-                page.on("pageerror", lambda e, i=index: report["errors"].append(f"[{i}] {e}"))
-                page.on(
-                    "console",
-                    lambda m, i=index: (
-                        m.type == "error" and report["errors"].append(f"[{i}] console: {m.text}")
-                    ),
-                )
-                pages.append(page)
+            pages = open_participants(
+                playwright, chromium, artifacts, list(PEOPLE), report, browsers
+            )
             ada, grace, alan = pages
 
             # Ada starts a meeting; the others join it by its room code.
-            ada.goto(base_url)
-            expect(ada.locator("body[data-ready=true]")).to_have_count(1)
-            expect(ada.locator("#media-status")).to_have_text("Camera and microphone are ready.")
-            ada.fill("#name", PEOPLE["ada"][0])
-            ada.fill("#title", "Design review")
-            ada.click("#create")
-            expect(ada.locator("#meeting")).to_be_visible()
-            expect(ada.locator("#my-role")).to_have_text("Host")
-            code = ada.locator("#meeting-code").inner_text()
-            report["room_code"] = code
-            for page, name in ((grace, PEOPLE["grace"][0]), (alan, PEOPLE["alan"][0])):
-                page.goto(f"{base_url}?room={code}")
-                expect(page.locator("body[data-ready=true]")).to_have_count(1)
-                expect(page.locator("#room-code")).to_have_value(code)
-                page.fill("#name", name)
-                page.click("#join")
-                expect(page.locator("#meeting")).to_be_visible()
+            code = report["room_code"] = start_meeting(ada, base_url, "ada", "Design review")
+            join_meeting(grace, base_url, "grace", code)
+            join_meeting(alan, base_url, "alan", code)
 
             # Every page: two connected peer connections with video frames decoded.
             report["stats"] = [
@@ -260,3 +294,176 @@ async def test_three_chromium_pages_meet_and_the_host_kicks_one(
 @pytest.fixture(autouse=True)
 def _needs_chromium(chromium_path: str) -> None:
     """Checked before the server starts, so a missing browser skips (or fails in CI) at once."""
+
+
+# Perfect negotiation under glare, and rejoining after the server went away.
+
+# Holds the frames the server sends to this page until released, so that a test can
+# make both ends of a connection offer before either sees the other's offer.
+HOLD_FRAMES = """() => {
+  const client = window.meshroomDemo.client;
+  const deliver = client._onFrame.bind(client);
+  const held = [];
+  client._onFrame = (raw) => held.push(raw);
+  window.releaseFrames = () => {
+    client._onFrame = deliver;
+    for (const raw of held.splice(0)) deliver(raw);
+  };
+}"""
+
+# Adds a data channel to the (only) peer connection: negotiation is needed, so it offers.
+RENEGOTIATE = """() => {
+  const pc = [...window.meshroomDemo.client.links.values()][0].pc;
+  window.glare = { received: [], channel: pc.createDataChannel("glare") };
+  pc.addEventListener("datachannel", ({ channel }) => {
+    channel.onmessage = ({ data }) => window.glare.received.push(data);
+  });
+}"""
+
+LINK_STATE = """() => {
+  const links = [...window.meshroomDemo.client.links.values()];
+  return links.length === 1 ? [links[0].pc.signalingState, links[0].pc.connectionState] : null;
+}"""
+
+
+def run_glare_and_restart(
+    base_url: str,
+    chromium: str,
+    artifacts: Path,
+    stop_server: Callable[[], None],
+    start_server: Callable[[], None],
+) -> dict[str, Any]:
+    from playwright.sync_api import expect, sync_playwright
+
+    report: dict[str, Any] = {"errors": []}
+    expect.set_options(timeout=TIMEOUT * 1000)
+    with sync_playwright() as playwright:
+        browsers: list[Any] = []
+        try:
+            pages = open_participants(
+                playwright, chromium, artifacts, ["ada", "grace"], report, browsers
+            )
+            ada, grace = pages
+            code = start_meeting(ada, base_url, "ada", "Glare and restart")
+            join_meeting(grace, base_url, "grace", code)
+            stats = [
+                poll(page, MESH_STATS, lambda s: mesh_complete(s, 1), "the pair") for page in pages
+            ]
+            grace_id = stats[1]["empId"]
+
+            # Glare: both ends offer at once. Neither sees the other's offer until both
+            # are in have-local-offer; then the polite end rolls back, the other ignores.
+            for page in pages:
+                page.evaluate(HOLD_FRAMES)
+                page.evaluate(RENEGOTIATE)
+            for page in pages:
+                poll(page, LINK_STATE, lambda s: s and s[0] == "have-local-offer", "an offer")
+            for page in pages:
+                page.evaluate("() => window.releaseFrames()")
+            for page in pages:
+                poll(page, LINK_STATE, lambda s: s == ["stable", "connected"], "negotiation")
+                poll(
+                    page,
+                    "() => window.glare.channel.readyState",
+                    lambda state: state == "open",
+                    "the glare data channel",
+                )
+                page.evaluate("() => window.glare.channel.send('after glare')")
+            for page in pages:
+                poll(
+                    page,
+                    "() => window.glare.received",
+                    lambda got: got == ["after glare"],
+                    "the other end's message",
+                )
+            report["glare"] = "resolved"
+
+            # Grace mutes; then the server goes away and comes back.
+            grace.click("#toggle-mic")
+            expect(ada.locator(f'.tile[data-emp-id="{grace_id}"]')).to_have_class(
+                re.compile(r"\bmuted\b")
+            )
+            stop_server()
+            for page in pages:
+                expect(page.locator("#reconnecting")).to_be_visible()
+                expect(page.locator(".tile")).to_have_count(1)  # only their own
+                poll(page, "() => window.meshroomDemo.client.links.size", lambda n: n == 0, "")
+            ada.screenshot(path=str(artifacts / "demo-reconnecting.png"))
+            start_server()
+
+            # Both rejoin with their tokens and build new peer connections; video flows
+            # again, and Grace's presence (muted) is restored by her client.
+            for page in pages:
+                expect(page.locator("#reconnecting")).to_be_hidden()
+                poll(page, MESH_STATS, lambda s: mesh_complete(s, 1), "the pair after restart")
+            expect(ada.locator(f'.tile[data-emp-id="{grace_id}"]')).to_have_class(
+                re.compile(r"\bmuted\b")
+            )
+            expect(grace.locator("#toggle-mic")).to_have_attribute("aria-pressed", "true")
+            report["rejoined"] = True
+        finally:
+            for browser in browsers:
+                browser.close()
+    return report
+
+
+class RestartableServer:
+    """A meshroom server that a test can stop and start again on the same ports and data."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
+        self.nursery = nursery
+        self.settings = server_settings(tmp_path, http_port=free_port(), stun_urls="")
+        self.server: Server | None = None
+        self.stopped = trio.Event()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    async def start(self) -> None:
+        server = Server(self.settings)
+        stopped = self.stopped = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await server.run(task_status=task_status)
+            finally:
+                stopped.set()
+
+        await self.nursery.start(run)
+        self.server = server
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.request_shutdown()
+        await self.stopped.wait()
+
+
+async def test_two_pages_resolve_glare_and_rejoin_after_a_server_restart(
+    chromium_path: str, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server = RestartableServer(nursery, tmp_path)
+        await server.start()
+
+        def stop_server() -> None:
+            trio.from_thread.run(server.stop)
+
+        def start_server() -> None:
+            trio.from_thread.run(server.start)
+
+        with trio.fail_after(4 * TIMEOUT):
+            report = await trio.to_thread.run_sync(
+                run_glare_and_restart,
+                server.http_url + "/",
+                chromium_path,
+                artifacts_dir,
+                stop_server,
+                start_server,
+                abandon_on_cancel=True,
+            )
+        await server.stop()
+    # While the server is down the browser logs each refused reconnection attempt.
+    refused = re.compile(r"console: WebSocket connection to .* failed: .*ERR_CONNECTION_REFUSED")
+    assert [e for e in report["errors"] if not refused.search(e)] == []
+    assert report["glare"] == "resolved" and report["rejoined"]
