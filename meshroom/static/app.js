@@ -631,7 +631,7 @@ function wireControls() {
   });
   $("name").addEventListener("input", () => applyLocalToggles());
   // Leaving the page: say so, so that the others see a prompt "left" rather than a timeout.
-  window.addEventListener("pagehide", () => app.client?._send({ event: "peer:leave", data: {} }));
+  window.addEventListener("pagehide", () => app.client?.leave({ wait: false }));
   setInterval(() => {
     $("clock").textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }, 1000);

@@ -251,16 +251,23 @@ export class MeshroomClient extends Emitter {
     });
   }
 
-  /** Leave the meeting and close every peer connection. */
-  async leave() {
+  /**
+   * Leave the meeting and close every peer connection. With `{wait: false}` (for
+   * "pagehide"), say so without waiting for the server's answer.
+   */
+  async leave({ wait = true } = {}) {
     if (this.state === "closed") return;
     const ws = this._ws;
     this._leaving = true;
     if (ws && ws.readyState === 1) {
-      try {
-        await this.request("peer:leave", {}, 2000);
-      } catch {
-        // leaving anyway
+      if (!wait) {
+        this._send({ event: "peer:leave", data: {} });
+      } else {
+        try {
+          await this.request("peer:leave", {}, 2000);
+        } catch {
+          // leaving anyway
+        }
       }
     }
     this._finish(EndReason.LEFT, CloseCode.NORMAL, "left the meeting");
