@@ -162,7 +162,7 @@ async def test_open_refuses_a_partial_schema(db_url):
 
 def _legacy_metadata() -> sa.MetaData:
     """The tables exactly as meshroom 0.1 created them."""
-    from legacy_schema_v0_1 import metadata as legacy
+    from .legacy_schema_v0_1 import metadata as legacy
 
     return legacy
 

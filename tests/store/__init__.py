@@ -1,0 +1,1 @@
+"""Store-facing tests, run on every database backend (see conftest.py)."""
