@@ -374,21 +374,37 @@ class SqlStore:
                     )
                     .order_by(attendance.c.id)
                 ).all()
+                closing = []
                 for row_id, joined_at in open_rows:
                     leave = by_id[row_id]
                     joined = _utc_required(joined_at)
                     left_at = max(leave.left_at, joined)
-                    result = conn.execute(
-                        attendance.update()
-                        .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
-                        .values(
-                            left_at=left_at,
-                            leave_reason=leave.reason,
-                            duration_seconds=(left_at - joined).total_seconds(),
-                        )
+                    closing.append(
+                        (row_id, left_at, leave.reason, (left_at - joined).total_seconds())
                     )
-                    closed += result.rowcount
+                closed += self._close_rows(conn, closing)
         return closed
+
+    def _close_rows(self, conn: Connection, rows: list[tuple[int, dt.datetime, str, float]]) -> int:
+        """Close attendance rows still open, in one executemany round trip."""
+        if not rows:
+            return 0
+        statement = (
+            attendance.update()
+            .where((attendance.c.id == sa.bindparam("row_id")) & attendance.c.left_at.is_(None))
+            .values(
+                left_at=sa.bindparam("at"),
+                leave_reason=sa.bindparam("why"),
+                duration_seconds=sa.bindparam("seconds"),
+            )
+        )
+        result = conn.execute(
+            statement,
+            [{"row_id": r, "at": at, "why": why, "seconds": s} for r, at, why, s in rows],
+        )
+        if self.engine.dialect.supports_sane_multi_rowcount:
+            return int(result.rowcount)
+        return len(rows)
 
     async def touch_attendance(self, attendance_ids: Sequence[int], at: dt.datetime) -> int:
         if not attendance_ids:
@@ -445,16 +461,13 @@ class SqlStore:
                 (attendance.c.meeting_id == meeting_id) & attendance.c.left_at.is_(None)
             )
         ).all()
-        for row_id, joined_at in rows:
-            conn.execute(
-                attendance.update()
-                .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
-                .values(
-                    left_at=at,
-                    leave_reason=reason,
-                    duration_seconds=max(0.0, (at - _utc_required(joined_at)).total_seconds()),
-                )
-            )
+        self._close_rows(
+            conn,
+            [
+                (row_id, at, reason, max(0.0, (at - _utc_required(joined_at)).total_seconds()))
+                for row_id, joined_at in rows
+            ],
+        )
 
     # Moderation
 
