@@ -5,6 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -137,3 +142,61 @@ async def running_hub(
     async with hub.running(), trio.open_nursery() as clients:
         yield HubHarness(hub, store, clients)
         clients.cancel_scope.cancel()
+
+
+class ServerProcess:
+    """``meshroom serve`` in a subprocess, its log lines readable as they come."""
+
+    def __init__(self, database_url: str, cwd: Any, *extra: str) -> None:
+        self.args = [
+            sys.executable, "-m", "meshroom", "serve",
+            "--database-url", database_url, "--secret", SECRET,
+            "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+            "--log-level", "INFO", *extra,
+        ]  # fmt: skip
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.process: trio.Process | None = None
+        self.url = ""
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHROOM_")}
+        self.process = await trio.lowlevel.open_process(
+            self.args, cwd=self.cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        nursery.start_soon(self._read)
+        line = await self.wait_for_line("meshroom signaling on ")
+        self.url = re.search(r"(ws://\S+)", line).group(1).rstrip(",")  # type: ignore[union-attr]
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        buffer = b""
+        async for chunk in self.process.stderr:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        self._changed.set()
+
+    async def wait_for_line(self, text: str) -> str:
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.lines)
+            if self.process is not None and self.process.returncode is not None:
+                raise AssertionError(f"server exited before {text!r}:\n" + "\n".join(self.lines))
+            await self._changed.wait()
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await self.process.wait()
