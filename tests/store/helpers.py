@@ -35,7 +35,8 @@ class FakeConnection:
         self.stall_after_join = stall_after_join
         self.sent_frames = 0
         self._inbound_send, self._inbound = trio.open_memory_channel[str | bytes](math.inf)
-        self._outbound_send, self._outbound = trio.open_memory_channel[dict[str, Any]](math.inf)
+        # Raw frames, decoded only when a test looks for one (storms send O(n^2) of them).
+        self._outbound_send, self._outbound = trio.open_memory_channel[bytes](math.inf)
         self.close_code: int | None = None
         self.closed = trio.Event()
         # Set when Hub.serve returned: the session is over and its leave recorded (or queued).
@@ -58,7 +59,7 @@ class FakeConnection:
             await trio.sleep_forever()
         for frame in frames:
             self.sent_frames += 1
-            self._outbound_send.send_nowait(json.loads(frame))
+            self._outbound_send.send_nowait(frame if isinstance(frame, bytes) else frame.encode())
 
     async def close(self, code: int, reason: str = "") -> None:
         if not self.closed.is_set():
@@ -77,9 +78,12 @@ class FakeConnection:
         self._inbound_send.close()
 
     async def wait_for(self, event: str) -> dict[str, Any]:
-        async for frame in self._outbound:
-            if frame.get("event") == event:
-                return frame
+        needle = event.encode()
+        async for raw in self._outbound:
+            if needle in raw:
+                frame: dict[str, Any] = json.loads(raw)
+                if frame.get("event") == event:
+                    return frame
         raise AssertionError(f"{self.name} closed ({self.close_code}) before {event}")
 
 
