@@ -180,6 +180,15 @@ async function requestJoin(body) {
   return payload;
 }
 
+const LOBBY_ERRORS = {
+  MEETING_NOT_FOUND: "No meeting has that room code. Check it and try again.",
+  MEETING_ENDED: "That meeting has ended.",
+  MEETING_NOT_LIVE: "That meeting has not started yet.",
+  RATE_LIMITED: "Too many attempts. Wait a moment and try again.",
+  INVALID_INPUT: "Please check your name (at most 60 characters) and the room code.",
+  STORE_UNAVAILABLE: "The server is busy. Try again in a few seconds.",
+};
+
 async function onLobbySubmit(event) {
   event.preventDefault();
   lobbyError("");
@@ -215,7 +224,7 @@ async function onLobbySubmit(event) {
     if (error.code === "ROOM_FULL") {
       showNotice("room-full");
     } else {
-      lobbyError(error.message);
+      lobbyError(LOBBY_ERRORS[error.code] || error.message);
     }
   } finally {
     for (const b of buttons) b.disabled = false;
@@ -327,6 +336,12 @@ function ensureTile(empId) {
     element.classList.add("self");
     video.muted = true;
     video.srcObject = app.localStream;
+  } else {
+    // The avatar stands in until the first frame is shown.
+    element.classList.add("waiting");
+    const shown = () => element.classList.toggle("waiting", !video.videoWidth);
+    video.addEventListener("loadeddata", shown);
+    video.addEventListener("resize", shown);
   }
   tile = { element, video, name: "" };
   app.tiles.set(key, tile);
@@ -433,8 +448,8 @@ function renderPeople() {
 
   const myRole = client?.self?.role;
   const canEnd = !!myRole && may(myRole, "end");
-  const moderator = !!myRole && may(myRole, "kick");
-  $("host-panel").hidden = !(canEnd || moderator);
+  const canUnban = !!myRole && may(myRole, "unban") && app.banned.size > 0;
+  $("host-panel").hidden = !(canEnd || canUnban);
   $("end-meeting").hidden = !canEnd;
   const banned = $("banned-list");
   banned.replaceChildren();
@@ -445,7 +460,7 @@ function renderPeople() {
     item.append(label, actionButton("Unban", "unban", empId, name));
     banned.append(item);
   }
-  $("banned").hidden = app.banned.size === 0 || !(myRole && may(myRole, "unban"));
+  $("banned").hidden = !canUnban;
 }
 
 function personRow(person) {
@@ -526,10 +541,12 @@ async function hostAction(action, empId, name, button) {
 // Toasts
 
 function toast(message, kind = "info") {
+  const shelf = $("toasts");
+  while (shelf.childElementCount >= 3) shelf.firstElementChild.remove();
   const element = document.createElement("div");
   element.className = `toast ${kind}`;
   element.textContent = message;
-  $("toasts").append(element);
+  shelf.append(element);
   setTimeout(() => element.classList.add("leaving"), 3600);
   setTimeout(() => element.remove(), 4000);
 }

@@ -355,6 +355,7 @@ def run_glare_and_restart(
             # are in have-local-offer; then the polite end rolls back, the other ignores.
             for page in pages:
                 page.evaluate(HOLD_FRAMES)
+            for page in pages:
                 page.evaluate(RENEGOTIATE)
             for page in pages:
                 poll(page, LINK_STATE, lambda s: s and s[0] == "have-local-offer", "an offer")
@@ -401,6 +402,16 @@ def run_glare_and_restart(
             )
             expect(grace.locator("#toggle-mic")).to_have_attribute("aria-pressed", "true")
             report["rejoined"] = True
+
+            # Ada makes Grace a co-host (who may not end the meeting), then ends it.
+            ada.click(f'.person[data-emp-id="{grace_id}"] button[data-action="promote"]')
+            expect(grace.locator("#my-role")).to_have_text("Co-host")
+            expect(grace.locator("#end-meeting")).to_be_hidden()
+            ada.once("dialog", lambda dialog: dialog.accept())  # "End the meeting for everyone?"
+            ada.click("#end-meeting")
+            expect(grace.locator("#notice")).to_have_attribute("data-reason", "meeting-ended")
+            expect(grace.locator("#notice-title")).to_have_text("The meeting has ended")
+            expect(ada.locator("#notice")).to_have_attribute("data-reason", "ended-by-me")
         finally:
             for browser in browsers:
                 browser.close()
@@ -439,7 +450,7 @@ class RestartableServer:
         await self.stopped.wait()
 
 
-async def test_two_pages_resolve_glare_and_rejoin_after_a_server_restart(
+async def test_two_pages_resolve_glare_rejoin_after_a_server_restart_and_end(
     chromium_path: str, tmp_path: Path, artifacts_dir: Path
 ) -> None:
     async with trio.open_nursery() as nursery:
