@@ -94,6 +94,13 @@ async def join(
     return await stack.enter_async_context(connect(server.url, token))
 
 
+async def leave(server: RunningServer, meeting_id: str, peer: Peer) -> None:
+    """``peer:leave``, then wait until the server is done with the peer (its row written)."""
+    member = server.hub.rooms[meeting_id].peers[peer.emp_id]
+    await peer.leave()
+    await member.finished.wait()
+
+
 def error_of(response: httpx.Response) -> dict[str, Any]:
     assert response.headers["content-type"].startswith("application/json"), response.text
     body = response.json()
@@ -473,7 +480,7 @@ async def test_attendance_json_has_records_and_totals(server, api):
             alice = await join(stack, server, api, ref, "alice", role="HOST", displayName="Alice")
             async with connect(server.url, await token_for(api, ref, "bob")) as bob:
                 await alice.wait_for("peer:joined", empId="bob")
-                await bob.leave()
+                await leave(server, ref, bob)
                 await alice.wait_for("peer:left", empId="bob")
             bob = await join(stack, server, api, ref, "bob")
             await alice.wait_for("peer:joined", empId="bob")
@@ -499,6 +506,11 @@ async def test_attendance_json_has_records_and_totals(server, api):
             assert when(totals["bob"]["lastLeftAt"]) == when(records[1]["leftAt"])
             assert totals["alice"]["lastLeftAt"] is None
             assert when(totals["bob"]["firstJoinedAt"]) == when(records[1]["joinedAt"])
+
+            room = server.hub.rooms[ref]
+            await bob.leave()
+            await alice.leave()
+            await room.done.wait()  # the room closes once every peer's row is written
 
     # Everybody gone: nobody present, every row closed.
     body = (await api.get(f"/api/meetings/{ref}/attendance")).json()
@@ -530,8 +542,7 @@ async def test_attendance_csv_records_and_totals(server, api):
                 server.url, await token_for(api, ref, "bob", displayName="Smith, Bob")
             ) as bob:
                 await alice.wait_for("peer:joined", empId="bob")
-                await bob.leave()
-                await alice.wait_for("peer:left", empId="bob")
+                await leave(server, ref, bob)
             as_json = (await api.get(f"/api/meetings/{ref}/attendance")).json()
 
             response = await api.get(f"/api/meetings/{ref}/attendance", params={"format": "csv"})
@@ -608,7 +619,7 @@ async def test_employee_attendance_across_meetings_in_a_date_range(server, api):
     with trio.fail_after(TIMEOUT):
         for meeting in (first, second):
             async with connect(server.url, await token_for(api, meeting["id"], "bob")) as bob:
-                await bob.leave()
+                await leave(server, meeting["id"], bob)
         async with connect(server.url, await token_for(api, other["id"], "alice")):
             pass
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import socket
@@ -15,7 +16,7 @@ import trio
 from conftest import API_KEY, RunningServer, server_settings, start_server
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from meshroom import Role
+from meshroom import Role, Settings
 from meshroom.client import JoinRefused, MeshroomError, Peer, connect
 
 TIMEOUT = 10
@@ -31,6 +32,18 @@ def free_port() -> int:
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """conftest's server with HTTP on (its ``http_port=0`` means "HTTP off")."""
     settings = server_settings(tmp_path, http_port=free_port())
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, settings)
+        yield running
+        running.server.request_shutdown()
+
+
+@pytest.fixture
+async def server_without_resume(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server where a dropped peer leaves at once instead of waiting for a resume."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    no_resume = {"resume_grace": 0.0} if "resume_grace" in fields else {}
+    settings = server_settings(tmp_path, http_port=free_port(), **no_resume)
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, settings)
         yield running
@@ -184,7 +197,8 @@ async def test_an_oversized_frame_gets_frame_too_large_and_the_connection_stays(
             assert (await bob.request("ping"))["serverTime"]
 
 
-async def test_a_frame_far_over_the_transport_limit_closes_only_that_peer(server):
+async def test_a_frame_far_over_the_transport_limit_closes_only_that_peer(server_without_resume):
+    server = server_without_resume
     """Over hypercorn's own limit (websocket_max_message_size) the server closes with 1009.
 
     Hypercorn tells the app only once the TCP connection is gone, and does not
@@ -212,10 +226,12 @@ async def test_a_frame_far_over_the_transport_limit_closes_only_that_peer(server
             async with trio.open_nursery() as nursery:
                 await nursery.start(bob_sends_too_much)
                 assert closed_with == [1009]
+                member = server.hub.rooms[meeting.id].peers["bob"]
                 nursery.cancel_scope.cancel()
             left = await alice.wait_for("peer:left", empId="bob")
             assert left.data["reason"] == "disconnected"
             assert (await alice.request("ping"))["serverTime"]
+            await member.finished.wait()
             rows = await server.store.attendance_for_meeting(meeting.id)
             assert {r.emp_id: r.leave_reason for r in rows} == {
                 "alice": None,
@@ -327,17 +343,23 @@ async def test_host_end_from_the_quart_route(server):
         assert stored is not None and stored.status == "ENDED"
 
 
-async def test_a_peer_that_goes_away_is_removed_and_its_row_closed(server):
+async def test_a_peer_that_goes_away_is_removed_and_its_row_closed(server_without_resume):
+    server = server_without_resume
     meeting = await server.meeting()
+    url = quart_url(server)
     with trio.fail_after(TIMEOUT):
-        async with connect(quart_url(server), server.token(meeting, "alice", Role.HOST)) as alice:
-            async with connect(quart_url(server), server.token(meeting, "bob")) as bob:
+        async with connect(url, server.token(meeting, "alice", Role.HOST)) as alice:
+            async with connect(url, server.token(meeting, "bob")) as bob:
                 await alice.wait_for("peer:joined", empId="bob")
+                member = server.hub.rooms[meeting.id].peers["bob"]
                 await bob.close()
             left = await alice.wait_for("peer:left", empId="bob")
             assert left.data["reason"] == "disconnected"
-            async with connect(quart_url(server), server.token(meeting, "bob")) as bob:
+            await member.finished.wait()
+            async with connect(url, server.token(meeting, "bob")) as bob:
+                member = server.hub.rooms[meeting.id].peers["bob"]
                 await bob.leave()
+                await member.finished.wait()
             assert (await alice.wait_for("peer:left", empId="bob")).data["reason"] == "left"
             rows = await server.store.attendance_for_meeting(meeting.id)
             assert [r.leave_reason for r in rows if r.emp_id == "bob"] == ["disconnected", "left"]
