@@ -326,3 +326,25 @@ async def test_duplicate_join_is_refused_under_the_reject_policy(tmp_path):
                 assert (offer.name, offer.data["fromEmpId"]) == ("signal:offer", "bob")
                 await assert_quiet(old)
             server.server.request_shutdown()
+
+
+async def test_acting_host_reconnecting_leaves_the_room_with_a_host(server):
+    # Alice (host) leaves: Bob acts as host. Bob's network blips and his new
+    # connection replaces the old one: the room must not be left without a host.
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting(host="alice")
+        async with connect(server.url, server.token(meeting, "bob")) as bob:
+            async with connect(server.url, server.token(meeting, "alice", Role.HOST)):
+                await bob.wait_for("peer:joined", empId="alice")
+            assert (await bob.wait_for("role:changed")).data["role"] == "HOST"
+            async with connect(server.url, server.token(meeting, "bob")) as bob_again:
+                assert await bob.wait_closed() == 4007
+                changed = await bob_again.wait_for("role:changed")
+                assert (changed.data["empId"], changed.data["role"]) == ("bob", "HOST")
+                async with connect(server.url, server.token(meeting, "carol")) as carol:
+                    assert [(p["empId"], p["role"]) for p in carol.snapshot["peers"]] == [
+                        ("bob", "HOST")
+                    ]
+                    # ... and bob can still end the meeting.
+                    await bob_again.end_meeting()
+                    assert await carol.wait_closed() == 4006

@@ -136,6 +136,8 @@ class Room:
         self.hub.metrics.peer_joined()
         if peer.role is Role.HOST:
             self._restore_roles_after_host_return()
+        elif existing is not None and existing.role is Role.HOST:
+            self._hand_over_host()  # an acting host reconnected: the room keeps a host
         self._nursery.start_soon(self._run_peer, peer, conn, name=f"peer:{peer.emp_id}")
 
     def _remove(self, peer: Peer, exit: Exit, *, cancel: bool = True) -> bool:
