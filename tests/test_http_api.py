@@ -819,9 +819,19 @@ async def test_ban_rejects_bad_input(api):
 async def test_a_body_that_is_not_a_json_object_is_400(server, api, content, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     response = await api.post("/api/meetings", content=content, headers=headers)
-    assert response.status_code == 400, response.text
+    assert bad_fields(response) == {"body"}
     assert error_of(response)["code"] in ("INVALID_INPUT", "BAD_REQUEST")
     assert await server.store.list_meetings() == ([], 0)
+
+
+async def test_malformed_json_says_so(api):
+    response = await api.post(
+        "/api/meetings", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    error = error_of(response)
+    assert error["code"] == "BAD_REQUEST"
+    assert "JSON" in error["message"]
+    assert error["fields"] == [{"field": "body", "problem": "not valid JSON"}]
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,10 @@ async def http_error(exc: HTTPException) -> Response:
         413: "TOO_LARGE",
         415: "UNSUPPORTED_MEDIA_TYPE",
     }.get(status, "HTTP_ERROR")
+    if status == 400 and request.is_json:
+        # Quart's answer to a body it cannot parse as JSON: say so, and name the body.
+        problem = [{"field": "body", "problem": "not valid JSON"}]
+        return error(status, code, "the request body is not valid JSON", problem)
     return error(status, code, exc.description or exc.name)
 
 
