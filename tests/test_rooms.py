@@ -5,9 +5,16 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import trio
-from _signaling import DEADLINE, assert_quiet, request_error, server_settings, start_server
+from _signaling import (
+    DEADLINE,
+    assert_quiet,
+    events_until_closed,
+    request_error,
+    server_settings,
+    start_server,
+)
 
-from meshroom import Role
+from meshroom import Role, SqlStore
 from meshroom.client import JoinRefused, connect
 
 
@@ -348,3 +355,34 @@ async def test_acting_host_reconnecting_leaves_the_room_with_a_host(server):
                     # ... and bob can still end the meeting.
                     await bob_again.end_meeting()
                     assert await carol.wait_closed() == 4006
+
+
+async def test_server_shutdown_closes_every_peer_with_1001_and_records_the_leaves(tmp_path):
+    with trio.fail_after(DEADLINE):
+        settings = server_settings(tmp_path)
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, settings)
+            meeting = await server.meeting()
+            async with (
+                connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice,
+                connect(server.url, server.token(meeting, "bob")) as bob,
+            ):
+                await alice.wait_for("peer:joined", empId="bob")
+                server.server.request_shutdown()
+                for peer in (alice, bob):
+                    events = await events_until_closed(peer)
+                    assert peer.close_code == 1001
+                    assert [(e.name, e.data["reason"]) for e in events] == [
+                        ("session:closed", "server-shutdown")
+                    ]
+        # Server.run has returned: every leave was written before it did.
+        store = SqlStore(settings.database_url)
+        await store.open()
+        try:
+            rows = await store.attendance_for_meeting(meeting.id)
+        finally:
+            await store.close()
+        assert sorted((r.emp_id, r.leave_reason) for r in rows) == [
+            ("alice", "server-shutdown"),
+            ("bob", "server-shutdown"),
+        ]
