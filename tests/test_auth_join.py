@@ -15,6 +15,7 @@ from _signaling import (
     server_settings,
     start_server,
 )
+from trio_websocket import HandshakeError, open_websocket_url
 
 from meshroom import Role
 from meshroom.client import JoinRefused, connect
@@ -187,3 +188,32 @@ async def test_refused_join_leaves_no_attendance_and_no_room(server):
         await refused(server.url, "junk")
         assert server.hub.rooms == {}
         assert await server.store.attendance_for_meeting(meeting.id) == []
+
+
+async def test_connection_that_never_upgrades_is_dropped(tmp_path):
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, server_settings(tmp_path, auth_timeout=0.3))
+            stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+            await stream.send_all(b"GET /meetings HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            assert await stream.receive_some(1024) == b""  # the server hung up
+            await stream.aclose()
+            server.server.request_shutdown()
+
+
+async def test_plain_http_request_is_refused(server):
+    with trio.fail_after(DEADLINE):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+        await stream.send_all(b"GET /meetings HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = b""
+        while chunk := await stream.receive_some(4096):
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 426 ")
+        await stream.aclose()
+
+
+async def test_wrong_path_is_404(server):
+    with trio.fail_after(DEADLINE):
+        with pytest.raises(HandshakeError):
+            async with open_websocket_url(server.url.replace("/meetings", "/rooms")):
+                pass
