@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from quart import Blueprint, Response, current_app, request, send_from_directory
+from quart_schema import hide
 
 from ..roles import Role
 from ..roomcode import normalize_room_code
@@ -93,6 +94,7 @@ async def _static(name: str, content_type: str | None = None) -> Response:
 
 
 @web.get("/meshroom.js")
+@hide  # files, not API endpoints (the demo's endpoint is documented in docs/)
 async def client_js() -> Response:
     """The browser client, an ES module: ``import { MeshroomClient } from "/meshroom.js"``."""
     response = await _static("meshroom.js", "text/javascript; charset=utf-8")
@@ -100,14 +102,17 @@ async def client_js() -> Response:
     return response
 
 
+@hide
 async def index() -> Response:
     return await _static("index.html", "text/html; charset=utf-8")
 
 
+@hide
 async def app_js() -> Response:
     return await _static("app.js", "text/javascript; charset=utf-8")
 
 
+@hide
 async def style_css() -> Response:
     return await _static("style.css", "text/css; charset=utf-8")
 
@@ -179,6 +184,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response:
     )
 
 
+@hide
 async def demo_join() -> Response | tuple[dict[str, Any], int]:
     """Create a LIVE meeting (the caller becomes its HOST), or join a demo meeting by code."""
     meshroom: Meshroom = current_app.extensions["meshroom"]
