@@ -293,9 +293,20 @@ async function enterMeeting(session) {
       if (peer && role === "COHOST") toast(`${peer.displayName} is now a co-host`);
     }
   });
-  client.on("reconnecting", ({ attempt, delay }) => {
-    $("reconnecting").hidden = false;
-    $("reconnecting-detail").textContent = `Attempt ${attempt}; next try in ${Math.max(1, Math.round(delay / 1000))} s. Your video resumes when you are back.`;
+  client.on("reconnecting", ({ attempt, delay, resuming }) => {
+    const overlay = $("reconnecting");
+    overlay.hidden = false;
+    // Resuming: the calls themselves are kept and may well go on; say so quietly.
+    overlay.classList.toggle("soft", resuming);
+    const next = `Attempt ${attempt}; next try in ${Math.max(1, Math.round(delay / 1000))} s.`;
+    $("reconnecting-detail").textContent = resuming
+      ? `${next} Your calls stay up meanwhile.`
+      : `${next} Your video resumes when you are back.`;
+    renderAll();
+  });
+  client.on("reconnected", ({ resumed }) => {
+    $("reconnecting").hidden = true;
+    if (resumed) toast("Reconnected");
     renderAll();
   });
   client.on("closed", ({ reason, by }) => {

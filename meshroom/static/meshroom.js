@@ -29,6 +29,10 @@ export const CloseCode = Object.freeze({
   REPLACED: 4007,
   DUPLICATE_SESSION: 4008,
   SLOW_CONSUMER: 4009,
+  HEARTBEAT_TIMEOUT: 4010,
+  ROOM_FULL: 4011,
+  RATE_LIMITED: 4012,
+  RESUMED_ELSEWHERE: 4013,
 });
 
 /** Why a session ended for good: the `reason` of the "closed" event. */
@@ -126,6 +130,8 @@ const FINAL_CLOSES = new Map([
   [CloseCode.KICKED, EndReason.KICKED],
   [CloseCode.MEETING_ENDED, EndReason.MEETING_ENDED],
   [CloseCode.REPLACED, EndReason.REPLACED],
+  [CloseCode.ROOM_FULL, EndReason.ROOM_FULL],
+  [CloseCode.RESUMED_ELSEWHERE, EndReason.REPLACED],
 ]);
 
 // session:closed reasons after which reconnecting would be wrong (others are transient:
@@ -167,8 +173,9 @@ const DEFAULTS = {
  *   peer-state    {empId, state}         a peer connection's connectionState changed
  *   presence      {empId, presence}      someone's muted / cameraOff / handRaised changed
  *   role-changed  {empId, role, previousRole, reason, by}
- *   reconnecting  {attempt, delay, code}  the signaling connection dropped; retrying
- *   reconnected   {}                     back in the room after a drop
+ *   reconnecting  {attempt, delay, code, resuming}  the signaling connection dropped; retrying
+ *   reconnected   {resumed}              back in the room after a drop (resumed: same session,
+ *                                        peer connections kept; else rejoined and rebuilt)
  *   closed        {reason, code, message, by}  the session is over for good (see EndReason)
  *   error         {error}                a request failed or negotiation threw
  *   event         {name, data}           every frame the server pushes, unchanged
@@ -218,7 +225,10 @@ export class MeshroomClient extends Emitter {
     this._heartbeatTimer = null;
     this._notice = null; // the last session:closed / meeting:ended before a close
     this._lastError = null; // the last error frame (a refusal's reason)
-    this._resumeToken = null;
+    this._resumeToken = null; // from the snapshot, when the server keeps places for a resume
+    this._resuming = false; // reconnecting with peer connections kept, to resume the session
+    this._heldSignals = []; // our signals while resuming, sent once the session is back
+    this._shutdownHint = null; // server:shutdown's reconnectAfterMs
     this._leaving = false;
     this._onOnline = () => {
       if (this.state === "reconnecting") this._reconnectNow();
@@ -338,7 +348,7 @@ export class MeshroomClient extends Emitter {
   /** Send a request and wait for its ack. */
   request(event, data = {}, timeout = this.requestTimeout) {
     const ws = this._ws;
-    if (!ws || ws.readyState !== 1) {
+    if (!ws || ws.readyState !== 1 || this.state !== "joined") {
       return Promise.reject(new MeshroomError("NOT_CONNECTED", `not connected (${this.state})`));
     }
     const id = this._nextId++;
@@ -380,7 +390,13 @@ export class MeshroomClient extends Emitter {
 
   _send(frame) {
     const ws = this._ws;
-    if (ws && ws.readyState === 1) ws.send(JSON.stringify(frame));
+    if (ws && ws.readyState === 1 && this.state === "joined") {
+      ws.send(JSON.stringify(frame));
+    } else if (ws && ws.readyState === 1 && frame.event === "auth") {
+      ws.send(JSON.stringify(frame));
+    } else if (this._resuming && frame.event.startsWith("signal:") && this._heldSignals.length < 1000) {
+      this._heldSignals.push(frame); // the session is kept: deliver it when it is back
+    }
   }
 
   _signal(event, targetEmpId, payload) {
@@ -408,6 +424,11 @@ export class MeshroomClient extends Emitter {
     switch (event) {
       case "room:joined":
         return this._onJoined(data);
+      case "room:resumed":
+        return this._onResumed(data);
+      case "server:shutdown":
+        this._shutdownHint = typeof data.reconnectAfterMs === "number" ? data.reconnectAfterMs : null;
+        return;
       case "peer:joined":
         return this._onPeerJoined(data);
       case "peer:left":
@@ -447,13 +468,17 @@ export class MeshroomClient extends Emitter {
     this.self = { ...snapshot.self };
     this.meeting = { ...snapshot.meeting };
     this.iceServers = snapshot.iceServers || [];
-    if (typeof snapshot.resumeToken === "string") this._resumeToken = snapshot.resumeToken;
-    // After a drop every link was closed: the others rebuild theirs when we reappear.
+    this._resumeToken = typeof snapshot.resumeToken === "string" ? snapshot.resumeToken : null;
+    this._shutdownHint = null;
+    // A fresh session (a resume, if tried, was refused): links kept for it are useless
+    // now, and the others rebuild theirs with us as a newcomer.
+    this._resuming = false;
+    this._heldSignals = [];
     this._dropPeers("reconnecting");
     for (const peer of snapshot.peers || []) this.peers.set(peer.empId, { ...peer });
     this._startHeartbeat();
     this.emit("joined", { ...snapshot, rejoin });
-    if (rejoin) this.emit("reconnected", {});
+    if (rejoin) this.emit("reconnected", { resumed: false });
     for (const peer of this.peers.values()) {
       this.emit("peer-joined", { peer, snapshot: true });
       // We are the newcomer: we open each link and make the first offer.
@@ -475,6 +500,28 @@ export class MeshroomClient extends Emitter {
       this._joinWaiter.resolve(snapshot);
       this._joinWaiter = null;
     }
+  }
+
+  /** Our session was kept while we were away: peers and links stay; what was queued follows. */
+  _onResumed(snapshot) {
+    this._attempt = 0;
+    this.state = "joined";
+    this._resuming = false;
+    this.self = { ...snapshot.self };
+    this.meeting = { ...snapshot.meeting };
+    this.iceServers = snapshot.iceServers || this.iceServers;
+    this._resumeToken = typeof snapshot.resumeToken === "string" ? snapshot.resumeToken : null;
+    // Membership changes while we were away arrive next, as the queued peer:joined and
+    // peer:left; only what we already know is refreshed here.
+    for (const peer of snapshot.peers || []) {
+      const known = this.peers.get(peer.empId);
+      if (known) Object.assign(known, { role: peer.role, presence: { ...peer.presence } });
+    }
+    const held = this._heldSignals;
+    this._heldSignals = [];
+    for (const frame of held) this._send(frame);
+    this._startHeartbeat();
+    this.emit("reconnected", { resumed: true });
   }
 
   _onPeerJoined(peer) {
@@ -597,7 +644,15 @@ export class MeshroomClient extends Emitter {
     const options = this.reconnectOptions;
     if (this.state !== "reconnecting") {
       this.state = "reconnecting";
-      this._dropPeers("reconnecting");
+      // With a resume credential (and a server that is not going away) our place is
+      // kept for a while: keep the peer connections too, media may well still flow.
+      // Otherwise everything is rebuilt once we are back.
+      this._resuming = !!this._resumeToken && this._shutdownHint === null;
+      if (!this._resuming) {
+        this._resumeToken = null;
+        this._heldSignals = [];
+        this._dropPeers("reconnecting");
+      }
     }
     this._attempt += 1;
     if (this._attempt > options.maxAttempts) {
@@ -605,8 +660,9 @@ export class MeshroomClient extends Emitter {
       return;
     }
     const base = Math.min(options.maxDelay, options.initialDelay * 2 ** (this._attempt - 1));
-    const delay = Math.round(base / 2 + (Math.random() * base) / 2);
-    this.emit("reconnecting", { attempt: this._attempt, delay, code });
+    let delay = Math.round(base / 2 + (Math.random() * base) / 2);
+    if (this._attempt === 1 && this._shutdownHint !== null) delay = this._shutdownHint;
+    this.emit("reconnecting", { attempt: this._attempt, delay, code, resuming: this._resuming });
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
       this._open("reconnecting");
@@ -623,6 +679,8 @@ export class MeshroomClient extends Emitter {
   _finish(reason, code, message, by = null, error = null) {
     if (this.state === "closed") return;
     this.state = "closed";
+    this._resuming = false;
+    this._heldSignals = [];
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = null;
     this._stopHeartbeat();

@@ -13,6 +13,7 @@ deadline: the page's Content-Security-Policy forbids the ``eval`` that
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import pytest
 import trio
 from conftest import RunningServer, server_settings
 
-from meshroom import Server
+from meshroom import Server, Settings
 
 from .conftest import free_port
 from .fakevideo import write_clip
@@ -320,6 +321,19 @@ RENEGOTIATE = """() => {
   });
 }"""
 
+# Tags the current peer connection and records peer-left events, to tell afterwards
+# whether a reconnection kept the connection (a resume) or rebuilt it (a rejoin).
+MARK_LINK = """() => {
+  const client = window.meshroomDemo.client;
+  const pc = [...client.links.values()][0].pc;
+  const left = [];
+  client.on("peer-left", ({ empId, reason }) => left.push({ empId, reason }));
+  Object.defineProperty(window, "marked", {
+    configurable: true,
+    get: () => ({ kept: [...client.links.values()][0]?.pc === pc, left }),
+  });
+}"""
+
 LINK_STATE = """() => {
   const links = [...window.meshroomDemo.client.links.values()];
   return links.length === 1 ? [links[0].pc.signalingState, links[0].pc.connectionState] : null;
@@ -379,6 +393,24 @@ def run_glare_and_restart(
                 )
             report["glare"] = "resolved"
 
+            # Grace's signaling connection drops (the peer connection itself is fine). Her
+            # client reconnects: it resumes its session if the server offered a resume
+            # credential — the peer connection is kept and Ada sees no churn — and otherwise
+            # rejoins, and both ends build a new peer connection.
+            resumable = grace.evaluate("() => !!window.meshroomDemo.client._resumeToken")
+            for page in pages:
+                page.evaluate(MARK_LINK)
+            grace.evaluate("() => window.meshroomDemo.client._ws.close(3001, 'test: drop')")
+            for page in pages:
+                poll(page, MESH_STATS, lambda s: mesh_complete(s, 1), "the pair after a drop")
+            marks = [page.evaluate("() => window.marked") for page in pages]
+            if resumable:
+                assert marks == [{"kept": True, "left": []}] * 2, marks
+            else:
+                assert [m["kept"] for m in marks] == [False, False], marks
+                assert [e["reason"] for e in marks[0]["left"]] == ["disconnected"], marks
+            report["drop"] = "resumed" if resumable else "rejoined"
+
             # Grace mutes; then the server goes away and comes back.
             grace.click("#toggle-mic")
             expect(ada.locator(f'.tile[data-emp-id="{grace_id}"]')).to_have_class(
@@ -418,12 +450,17 @@ def run_glare_and_restart(
     return report
 
 
+SETTINGS = {f.name for f in dataclasses.fields(Settings)}
+
+
 class RestartableServer:
     """A meshroom server that a test can stop and start again on the same ports and data."""
 
     def __init__(self, nursery: trio.Nursery, tmp_path: Path) -> None:
         self.nursery = nursery
-        self.settings = server_settings(tmp_path, http_port=free_port(), stun_urls="")
+        # Keep a dropped peer's place for a resume, where this meshroom can.
+        resume = {"resume_grace": 10.0} if "resume_grace" in SETTINGS else {}
+        self.settings = server_settings(tmp_path, http_port=free_port(), stun_urls="", **resume)
         self.server: Server | None = None
         self.stopped = trio.Event()
 
