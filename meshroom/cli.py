@@ -52,9 +52,9 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
             group.add_argument(
                 flag_name(name),
                 dest=name,
-                action="store_true",
+                action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{f.metadata['help']} [{env_name(name)}=1]",
+                help=f"{f.metadata['help']} [{env_name(name)}=1 or 0; default: {f.default}]",
             )
             continue
         group.add_argument(
