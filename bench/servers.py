@@ -253,6 +253,11 @@ class Target:
                 # The HTTP API (and its Quart signaling route) only when that is measured.
                 "MESHROOM_HTTP_PORT": str(self.http_port),
                 "MESHROOM_API_KEY_FILE": str(self.workdir / "meshroom.apikey"),
+                # A load generator is the abuse the limits are there to stop: the relay
+                # floods past the per-connection rate limit, teardown fills one room far
+                # past max-room-peers. Measured without them (meshroom serve has both on).
+                "MESHROOM_RATE_LIMIT": "0",
+                "MESHROOM_MAX_ROOM_PEERS": "0",
             }
         )
         env.update(self.env)

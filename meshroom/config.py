@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .auth import TokenKeys, generate_secret
 from .auth.tokens import SYMMETRIC_ALGORITHMS
 from .core import DuplicatePolicy, HubConfig
 from .core.attendance import AttendanceConfig
+from .core.limits import OriginPolicy
 from .ice import DEFAULT_STUN_URLS, IceConfig
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,44 @@ class Settings:
         default="replace",
         metadata={"help": "same employee joins twice: replace (new wins) or reject (old stays)"},
     )
+    heartbeat_interval: float = field(
+        default=10.0,
+        metadata={"help": "seconds of silence before a connection is pinged; 0 = no heartbeats"},
+    )
+    heartbeat_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a pinged connection has to answer, else it leaves (timeout)"},
+    )
+    resume_grace: float = field(
+        default=15.0,
+        metadata={"help": "seconds a dropped peer keeps its place for a resume; 0 = no resume"},
+    )
+    rate_limit: float = field(
+        default=100.0,
+        metadata={"help": "frames per second a connection may send on average; 0 = no limit"},
+    )
+    rate_burst: int = field(
+        default=500, metadata={"help": "frames a connection may send at once (token bucket size)"}
+    )
+    max_room_peers: int = field(
+        default=100, metadata={"help": "peers in one room (ROOM_FULL past it); 0 = no limit"}
+    )
+    max_connections: int = field(
+        default=10000,
+        metadata={"help": "WebSocket connections per process (HTTP 503 past it); 0 = no limit"},
+    )
+    allowed_origins: str = field(
+        default="",
+        metadata={"help": "comma-separated browser Origins allowed to connect; empty = any"},
+    )
+    tls_cert: str | None = field(
+        default=None, metadata={"help": "PEM certificate (chain): serve wss:// and https://"}
+    )
+    tls_key: str | None = field(default=None, metadata={"help": "PEM private key of tls-cert"})
+    shutdown_reconnect_after: float = field(
+        default=5.0,
+        metadata={"help": "reconnect hint of server:shutdown, seconds (each client: 1x-2x)"},
+    )
     stun_urls: str = field(
         default=",".join(DEFAULT_STUN_URLS), metadata={"help": "comma-separated STUN URLs"}
     )
@@ -159,11 +199,18 @@ class Settings:
             raise ConfigError(
                 f"duplicate-policy must be 'replace' or 'reject', not {self.duplicate_policy!r}"
             ) from None
+        self._check_limits()
         return HubConfig(
             auth_timeout=self.auth_timeout,
             close_timeout=self.close_timeout,
             outbox_size=self.outbox_size,
             duplicate_policy=policy,
+            resume_grace=self.resume_grace,
+            rate_limit=self.rate_limit,
+            rate_burst=self.rate_burst,
+            max_room_peers=self.max_room_peers,
+            max_connections=self.max_connections,
+            shutdown_reconnect_after=self.shutdown_reconnect_after,
             ice=IceConfig(
                 stun_urls=_split(self.stun_urls),
                 turn_urls=_split(self.turn_urls),
@@ -173,6 +220,43 @@ class Settings:
                 turn_credential=self.turn_credential,
             ),
         )
+
+    def _check_limits(self) -> None:
+        for name in (
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "resume_grace",
+            "rate_limit",
+            "rate_burst",
+            "max_room_peers",
+            "max_connections",
+            "shutdown_reconnect_after",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag_name(name)[2:]} cannot be negative")
+        if self.heartbeat_interval > 0 and not self.heartbeat_timeout > 0:
+            raise ConfigError("heartbeat-timeout must be positive when heartbeats are on")
+        if self.rate_limit > 0 and self.rate_burst < 1:
+            raise ConfigError("rate-burst must be at least 1 when rate-limit is on")
+
+    def origin_policy(self) -> OriginPolicy:
+        return OriginPolicy(_split(self.allowed_origins))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server TLS context from tls-cert and tls-key, or None when TLS is off."""
+        if not self.tls_cert and not self.tls_key:
+            return None
+        if not (self.tls_cert and self.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the TLS certificate and key: {exc}") from None
+        return context
 
     def token_keys(self, *, create_secret: bool = True) -> TokenKeys:
         """The keys that verify (and, where configured, sign) access tokens."""

@@ -43,6 +43,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
             registry=r,
         )
+        self.resumes = Counter(
+            "meshroom_resumes",
+            "Resume attempts: resumed (a peer kept its place) or refused (joined afresh)",
+            ["result"],
+            registry=r,
+        )
         # Resolved once: labelled children are looked up per message otherwise.
         self._relayed = {event: self.messages.labels(event) for event in _SIGNALS}
         self._left = {reason: self.leaves.labels(reason.value) for reason in LeaveReason}
@@ -63,6 +69,12 @@ class Metrics:
     def peer_left(self, reason: LeaveReason) -> None:
         self.peers.dec()
         self._left[reason].inc()
+
+    def resumed(self) -> None:
+        self.resumes.labels("resumed").inc()
+
+    def resume_refused(self) -> None:
+        self.resumes.labels("refused").inc()
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

@@ -11,15 +11,17 @@ Task tree (every task has an owner)::
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from .config import ConfigError, Settings
 from .core import Hub
 from .store import SqlStore, StoreError
-from .transports.websocket import Upgrade, WebSocketConnection, serve_websocket
+from .transports.websocket import Heartbeat, Upgrade, WebSocketConnection, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ class Server:
     def url(self) -> str:
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"ws://{host}:{self.port}{SIGNALING_PATH}"
+        scheme = "wss" if self.settings.tls_cert else "ws"
+        return f"{scheme}://{host}:{self.port}{SIGNALING_PATH}"
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -59,6 +62,13 @@ class Server:
         hub_config = settings.hub_config()
         attendance = settings.attendance_config()
         keys = settings.token_keys()
+        tls = settings.ssl_context()
+        origins = settings.origin_policy()
+        heartbeat = (
+            Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
+            if settings.heartbeat_interval > 0
+            else None
+        )
         store = open_store(settings)
         try:
             await store.open()
@@ -79,9 +89,13 @@ class Server:
         await _recover_attendance(store)
         self.port = listeners[0].socket.getsockname()[1]
         hub = self.hub = Hub(store, keys, hub_config, attendance=attendance)
+        served: list[trio.abc.Listener[Any]] = list(listeners)
+        if tls is not None:
+            # https_compatible: browsers hang up without TLS close_notify; that is no error.
+            served = [trio.SSLListener(lst, tls, https_compatible=True) for lst in listeners]
 
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
-            await hub.serve(conn, token=upgrade.token)
+            await hub.serve(conn, token=upgrade.token, resume_token=upgrade.resume_token)
 
         http_stop = trio.Event()
         if not settings.http_port:
@@ -96,10 +110,13 @@ class Server:
                         await acceptor.start(
                             lambda task_status: serve_websocket(
                                 handle,
-                                listeners,
+                                served,
                                 path=SIGNALING_PATH,
                                 max_message_bytes=settings.max_message_bytes,
                                 handshake_timeout=settings.auth_timeout,
+                                heartbeat=heartbeat,
+                                origins=origins,
+                                slots=hub.slots,
                                 handler_nursery=handlers,
                                 task_status=task_status,
                             )
@@ -144,6 +161,18 @@ class Server:
         # Hypercorn buffers a whole message before the app sees it; the app then
         # answers FRAME_TOO_LARGE for anything over max_message_bytes.
         config.websocket_max_message_size = max(4 * settings.max_message_bytes, 1 << 20)
+        if settings.tls_cert:
+            config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
+        if settings.heartbeat_interval > 0:
+            # Hypercorn pings every interval but never looks at the pongs; its read_timeout
+            # drops a connection from which nothing (a pong included) arrived for that long.
+            # So a dead Quart-route client goes within interval + timeout, as "disconnected"
+            # (the app cannot tell it from a drop). read_timeout covers every HTTP read too,
+            # which also bounds slow uploads.
+            config.websocket_ping_interval = settings.heartbeat_interval
+            config.read_timeout = math.ceil(
+                settings.heartbeat_interval + settings.heartbeat_timeout
+            )
         app = create_app(settings, hub=hub)
 
         async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -166,7 +195,8 @@ class Server:
             return None
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
 
 def open_store(settings: Settings) -> SqlStore:

@@ -84,6 +84,8 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "secret": SECRET,
         "auth_timeout": 5.0,
         "close_timeout": 2.0,
+        # Resume off unless a test turns it on: with it, a drop is not a leave for 15 s.
+        "resume_grace": 0.0,
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -372,9 +372,10 @@ async def test_server_shutdown_closes_every_peer_with_1001_and_records_the_leave
                 for peer in (alice, bob):
                     events = await events_until_closed(peer)
                     assert peer.close_code == 1001
-                    assert [(e.name, e.data["reason"]) for e in events] == [
-                        ("session:closed", "server-shutdown")
-                    ]
+                    # server:shutdown (with a reconnect hint), then the usual session:closed.
+                    assert [e.name for e in events] == ["server:shutdown", "session:closed"]
+                    assert 5000 <= events[0].data["reconnectAfterMs"] <= 10000
+                    assert events[1].data["reason"] == "server-shutdown"
         # Server.run has returned: every leave was written before it did.
         store = SqlStore(settings.database_url)
         await store.open()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Peer:
         self._waiting: dict[int, trio.MemorySendChannel[Event]] = {}
         self._events_in, self._events = trio.open_memory_channel[Event](math.inf)
         self.snapshot: dict[str, Any] = {}
+        self.resumed = False  # this connection took back an earlier one's place (room:resumed)
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed = trio.Event()
@@ -59,6 +61,12 @@ class Peer:
     @property
     def role(self) -> str:
         return str(self.snapshot["self"]["role"])
+
+    @property
+    def resume_token(self) -> str | None:
+        """The credential to resume this peer after a drop (None if the server has no resume)."""
+        token = self.snapshot.get("resumeToken")
+        return str(token) if token is not None else None
 
     # Sending
 
@@ -207,22 +215,35 @@ async def connect(
     *,
     token_in_query: bool = False,
     connect_timeout: float = 10,
+    resume_token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Peer]:
     """Connect, authenticate and join; yield the joined :class:`Peer`.
+
+    With ``resume_token`` (an earlier peer's :attr:`Peer.resume_token`), the server
+    gives back that peer's place if it is still kept (``peer.resumed``; the events
+    queued meanwhile follow), else this is an ordinary join.
 
     Raises:
         JoinRefused: the server refused the token or the join (``.code``, ``.close_code``).
     """
     if token_in_query:
         url = f"{url}{'&' if '?' in url else '?'}meetingAccessToken={quote(token)}"
+        if resume_token is not None:
+            url = f"{url}&resumeToken={quote(resume_token)}"
     async with open_websocket_url(
-        url, connect_timeout=connect_timeout, message_queue_size=0, max_message_size=16 * 2**20
+        url,
+        connect_timeout=connect_timeout,
+        message_queue_size=0,
+        max_message_size=16 * 2**20,
+        ssl_context=ssl_context,
     ) as ws:
         peer = Peer(ws)
         if not token_in_query:
-            await ws.send_message(
-                json.dumps({"event": "auth", "id": 0, "data": {"meetingAccessToken": token}})
-            )
+            auth: dict[str, Any] = {"meetingAccessToken": token}
+            if resume_token is not None:
+                auth["resumeToken"] = resume_token
+            await ws.send_message(json.dumps({"event": "auth", "id": 0, "data": auth}))
         try:
             first = json.loads(await ws.get_message())
         except ConnectionClosed as exc:
@@ -230,7 +251,7 @@ async def connect(
             raise JoinRefused(
                 "CLOSED", (reason.reason if reason else None) or "", reason.code if reason else None
             ) from None
-        if first.get("event") != "room:joined":
+        if first.get("event") not in ("room:joined", "room:resumed"):
             data = first.get("data") or {}
             code = None
             try:
@@ -239,6 +260,7 @@ async def connect(
                 code = exc.reason.code if exc.reason else None
             raise JoinRefused(data.get("code", "?"), data.get("message", ""), code, data)
         peer.snapshot = first["data"]
+        peer.resumed = first["event"] == "room:resumed"
         # Opened only now, so that JoinRefused above is raised as itself, not in a group.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer._read)

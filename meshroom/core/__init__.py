@@ -2,6 +2,7 @@
 
 from .connection import Connection as Connection
 from .connection import ConnectionClosed as ConnectionClosed
+from .connection import ConnectionTimedOut as ConnectionTimedOut
 from .connection import MessageTooLarge as MessageTooLarge
 from .hub import DuplicatePolicy as DuplicatePolicy
 from .hub import Hub as Hub

@@ -21,6 +21,10 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
+class ConnectionTimedOut(ConnectionClosed):
+    """The client stopped answering heartbeats: it is presumed dead (or unreachable)."""
+
+
 class MessageTooLarge(Exception):
     """The client sent a message over the limit. It was discarded; the connection is usable."""
 
@@ -43,6 +47,7 @@ class Connection(Protocol):
 
         Raises:
             ConnectionClosed: the client is gone; no further call will succeed.
+                ``ConnectionTimedOut`` (a subclass) if it stopped answering heartbeats.
             MessageTooLarge: a message was over the limit and has been dropped.
         """
         ...

@@ -44,6 +44,7 @@ from ..store import (
 from . import peer as exits
 from .attendance import AttendanceConfig, LeaveWriter, run_heartbeats
 from .connection import Connection, ConnectionClosed, MessageTooLarge
+from .limits import ConnectionSlots
 from .locks import KeyedLocks
 from .peer import Peer
 from .room import Room, utcnow
@@ -65,6 +66,16 @@ class HubConfig:
     outbox_size: int = 1024
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
     ice: IceConfig = field(default_factory=IceConfig)
+    # Seconds a peer whose connection dropped keeps its place for a resume. Off (0) in
+    # the core's defaults; ``meshroom serve`` turns it on (Settings.resume_grace).
+    resume_grace: float = 0.0
+    # Frames per second a connection may send on average, and at once (0 = no limit).
+    rate_limit: float = 100.0
+    rate_burst: float = 500.0
+    max_room_peers: int = 100  # 0 = no limit
+    max_connections: int = 10000  # per process, over every transport; 0 = no limit
+    # The reconnect hint of server:shutdown, in seconds (each peer gets 1x to 2x of it).
+    shutdown_reconnect_after: float = 5.0
 
 
 class JoinRefused(Exception):
@@ -104,6 +115,13 @@ class Hub:
         self._room_locks = KeyedLocks()
         self._employee_locks = KeyedLocks()
         self._recently_ended: dict[str, float] = {}
+        # Connections held by every transport of this process, against max_connections.
+        self.slots = ConnectionSlots(self.config.max_connections)
+        # Joins between their room-size check and their attachment, per meeting.
+        self._joining: dict[str, int] = {}
+        # Connections that have not authenticated yet; shutdown closes them (1001).
+        self._unjoined: set[trio.CancelScope] = set()
+        self.stopping = False
 
     # Lifecycle
 
@@ -138,27 +156,53 @@ class Hub:
                 await self.shutdown()
                 nursery.cancel_scope.cancel()
 
-    async def shutdown(self, reason: exits.Exit = exits.SHUTDOWN) -> None:
-        """Tell every peer, close every connection, record every leave; then return."""
+    async def shutdown(self, reason: exits.Exit | None = None) -> None:
+        """Tell every peer, close every connection, record every leave; then return.
+
+        Every peer gets ``server:shutdown`` (with a jittered reconnect hint) and
+        ``session:closed``, then a 1001 close; joins from here on are refused
+        (SHUTTING_DOWN, 1001), and so are connections still authenticating.
+        """
+        self.stopping = True
+        for scope in list(self._unjoined):
+            scope.cancel()
         for room in list(self.rooms.values()):
             room.ending = True
             for peer in list(room.peers.values()):
-                room._remove(peer, reason)
+                room._remove(
+                    peer, reason or exits.shutdown(self.config.shutdown_reconnect_after)
+                )
         for room in list(self.rooms.values()):
             await room.done.wait()
 
     # The transport entry point
 
-    async def serve(self, conn: Connection, *, token: str | None = None) -> None:
-        """Run one client connection to the end. Never raises for anything the client does."""
+    async def serve(
+        self, conn: Connection, *, token: str | None = None, resume_token: str | None = None
+    ) -> None:
+        """Run one client connection to the end. Never raises for anything the client does.
+
+        ``token`` (and ``resume_token``) when the transport took them from the URL;
+        otherwise the first frame must be an ``auth`` request carrying them.
+        """
         request_id: RequestId | None = None
+        if self.stopping:
+            await self._refuse(conn, self._shutting_down(), None)
+            return
         if token is None:
-            try:
-                token, request_id = await self._await_auth(conn)
-            except JoinRefused as refusal:
-                await self._refuse(conn, refusal, None)
-                return
-            except ConnectionClosed:
+            with trio.CancelScope() as waiting:
+                self._unjoined.add(waiting)
+                try:
+                    token, resume_token, request_id = await self._await_auth(conn)
+                except JoinRefused as refusal:
+                    await self._refuse(conn, refusal, None)
+                    return
+                except ConnectionClosed:
+                    return
+                finally:
+                    self._unjoined.discard(waiting)
+            if token is None:  # the server began shutting down first
+                await self._refuse(conn, self._shutting_down(), None)
                 return
         try:
             claims = verify_token(self.keys, token)
@@ -171,13 +215,18 @@ class Hub:
             )
             return
         try:
-            peer = await self._join(claims, conn, request_id)
+            done = await self._join(claims, conn, request_id, resume_token)
         except JoinRefused as refusal:
             await self._refuse(conn, refusal, request_id)
             return
-        await peer.finished.wait()
+        await done.wait()
 
-    async def _await_auth(self, conn: Connection) -> tuple[str, RequestId | None]:
+    def _shutting_down(self) -> JoinRefused:
+        return JoinRefused(
+            ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY, "server is shutting down; reconnect"
+        )
+
+    async def _await_auth(self, conn: Connection) -> tuple[str, str | None, RequestId | None]:
         with trio.move_on_after(self.config.auth_timeout):
             while True:
                 try:
@@ -206,7 +255,8 @@ class Hub:
                         CloseCode.AUTH_REQUIRED,
                         f"first frame must be an auth request, not {request.event!r}",
                     )
-                return request.data["meetingAccessToken"], request.id
+                data = request.data
+                return data["meetingAccessToken"], data.get("resumeToken"), request.id
         self.metrics.rejected("auth-timeout")
         raise JoinRefused(
             ErrorCode.AUTH_TIMEOUT,
@@ -224,14 +274,31 @@ class Hub:
                 )
             await conn.close(refusal.close_code, refusal.message[:120])
 
-    async def _join(self, claims: Claims, conn: Connection, request_id: RequestId | None) -> Peer:
+    async def _join(
+        self,
+        claims: Claims,
+        conn: Connection,
+        request_id: RequestId | None,
+        resume_token: str | None = None,
+    ) -> trio.Event:
+        """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         self._check_not_ended(meeting_id)
         async with self._employee_locks.hold((meeting_id, emp_id)):
+            if self.stopping:
+                raise self._shutting_down()
             room = self.rooms.get(meeting_id)
+            if resume_token is not None:
+                # The access token proved who this is; the resume token proves it is the
+                # connection that held the place. Anything less is an ordinary join.
+                done = room.resume(emp_id, resume_token, conn, request_id) if room else None
+                if done is not None:
+                    return done
+                self.metrics.resume_refused()
+            existing = room.peers.get(emp_id) if room is not None else None
             if (
-                room is not None
-                and emp_id in room.peers
+                existing is not None
+                and not existing.detached  # a place kept for a resume is taken over instead
                 and self.config.duplicate_policy is DuplicatePolicy.REJECT
             ):
                 self.metrics.rejected("duplicate")
@@ -240,30 +307,57 @@ class Hub:
                     CloseCode.DUPLICATE_SESSION,
                     "this employee is already connected to the meeting",
                 )
-            joined_at = utcnow()
-            admission = await self._admit(claims, joined_at)
+            if existing is None:
+                self._check_room_size(meeting_id, room)
+            self._joining[meeting_id] = self._joining.get(meeting_id, 0) + 1
             try:
-                room = await self._room_for(admission.meeting)
-                self._check_not_ended(meeting_id)
-            except BaseException:
-                # Admitted but never attached: the attendance row must still be closed,
-                # and a room opened for this join alone must not stay open, empty.
-                if room is not None:
-                    room._maybe_close()
-                with trio.CancelScope(shield=True):
-                    await self._close_row(admission.attendance_id, LeaveReason.MEETING_ENDED)
-                raise
-            peer = Peer(
-                emp_id=emp_id,
-                display_name=claims.display_name,
-                role=admission.role,
-                attendance_id=admission.attendance_id,
-                joined_at=joined_at,
-                outbox_size=self.config.outbox_size,
+                return await self._admit_and_attach(claims, conn, request_id, room)
+            finally:
+                self._joining[meeting_id] -= 1
+                if not self._joining[meeting_id]:
+                    del self._joining[meeting_id]
+
+    def _check_room_size(self, meeting_id: str, room: Room | None) -> None:
+        limit = self.config.max_room_peers
+        present = len(room.peers) if room is not None else 0
+        if limit and present + self._joining.get(meeting_id, 0) >= limit:
+            self.metrics.rejected("room-full")
+            raise JoinRefused(
+                ErrorCode.ROOM_FULL, CloseCode.ROOM_FULL, f"the room is full ({limit} peers)"
             )
-            room.attach(peer, conn, request_id)
-            self.metrics.admitted()
-            return peer
+
+    async def _admit_and_attach(
+        self, claims: Claims, conn: Connection, request_id: RequestId | None, room: Room | None
+    ) -> trio.Event:
+        meeting_id, emp_id = claims.meeting_id, claims.emp_id
+        joined_at = utcnow()
+        admission = await self._admit(claims, joined_at)
+        try:
+            room = await self._room_for(admission.meeting)
+            self._check_not_ended(meeting_id)
+            if self.stopping:
+                raise self._shutting_down()
+        except BaseException:
+            # Admitted but never attached: the attendance row must still be closed,
+            # and a room opened for this join alone must not stay open, empty.
+            if room is not None:
+                room._maybe_close()
+            with trio.CancelScope(shield=True):
+                reason = LeaveReason.SERVER_SHUTDOWN if self.stopping else LeaveReason.MEETING_ENDED
+                await self._close_row(admission.attendance_id, reason)
+            raise
+        peer = Peer(
+            emp_id=emp_id,
+            display_name=claims.display_name,
+            role=admission.role,
+            attendance_id=admission.attendance_id,
+            joined_at=joined_at,
+            outbox_size=self.config.outbox_size,
+        )
+        done = trio.Event()
+        room.attach(peer, conn, request_id, done)
+        self.metrics.admitted()
+        return done
 
     async def _admit(self, claims: Claims, at: dt.datetime) -> Any:
         try:
@@ -314,7 +408,12 @@ class Hub:
             raise JoinRefused(ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended")
 
     def _live_attendance_ids(self) -> list[int]:
-        return [p.attendance_id for room in self.rooms.values() for p in room.peers.values()]
+        return [
+            p.attendance_id
+            for room in self.rooms.values()
+            for p in room.peers.values()
+            if not p.detached  # not seen since its connection dropped
+        ]
 
     async def _close_row(self, attendance_id: int, reason: LeaveReason) -> None:
         await self.leaves.record(Leave(attendance_id, utcnow(), reason.value))

@@ -7,11 +7,21 @@ synchronous step, :meth:`Room._remove`, followed by cancelling the peer's read
 scope; the peer's own task then closes its connection and records its leave,
 and sets ``peer.finished``. Whoever must know the removal is complete waits on
 that event.
+
+A peer outlives its connections. Its task (``_run_peer``, owned by the room's
+nursery) runs one *session* per connection. When a connection drops rather than
+being removed (exit ``disconnected`` or ``timeout``) and the room allows
+resumes, the peer stays a member, detached: its task waits, still in the
+room's nursery, for a connection that presents its resume token
+(:meth:`Room.resume`) or for the grace window to run out, while its outbox keeps
+taking what the room sends it. The other peers see nothing of it unless the
+window runs out: then it leaves, as of the moment its connection dropped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -34,8 +44,9 @@ from ..protocol import (
 from ..roles import Action, Role, may
 from ..store import Leave, Meeting, StoreUnavailable
 from . import peer as exits
-from .connection import Connection, ConnectionClosed, MessageTooLarge
-from .peer import Exit, Peer
+from .connection import Connection, ConnectionClosed, ConnectionTimedOut, MessageTooLarge
+from .limits import Verdict, rate_limiter
+from .peer import Exit, Peer, Takeover
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -58,6 +69,14 @@ Handler = Callable[[Peer, Request], Awaitable[bool]]
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class _Outcome(enum.Enum):
+    """How one connection of a peer ended."""
+
+    END = "end"  # the peer leaves the room
+    DETACH = "detach"  # the connection dropped; the peer waits for a resume
+    TAKEOVER = "takeover"  # another connection resumed the peer
 
 
 class Room:
@@ -101,11 +120,18 @@ class Room:
 
     # Membership
 
-    def attach(self, peer: Peer, conn: Connection, request_id: Any = None) -> None:
+    def attach(
+        self,
+        peer: Peer,
+        conn: Connection,
+        request_id: Any = None,
+        done: trio.Event | None = None,
+    ) -> None:
         """Admit an authenticated peer: snapshot to it, ``peer:joined`` to the others.
 
         Synchronous on purpose: between the check that a room is open and the
-        moment the peer is in it, nothing else can run.
+        moment the peer is in it, nothing else can run. ``done`` is set once the
+        room is finished with ``conn`` (the peer may live on, resumed elsewhere).
         """
         assert self._nursery is not None and not self.closed
         existing = self.peers.get(peer.emp_id)
@@ -119,6 +145,19 @@ class Room:
                     "the same employee joined from another connection",
                 ),
             )
+        self._send(peer, encode_event("room:joined", self._snapshot(peer), request_id))
+        self._broadcast(encode_event("peer:joined", peer.public()))
+        self.peers[peer.emp_id] = peer
+        self.hub.metrics.peer_joined()
+        if peer.role is Role.HOST:
+            self._restore_roles_after_host_return()
+        elif existing is not None and existing.role is Role.HOST:
+            self._hand_over_host()  # an acting host reconnected: the room keeps a host
+        if done is None:
+            done = trio.Event()
+        self._nursery.start_soon(self._run_peer, peer, conn, done, name=f"peer:{peer.emp_id}")
+
+    def _snapshot(self, peer: Peer) -> dict[str, Any]:
         snapshot = {
             "self": peer.public(),
             "meeting": {
@@ -127,25 +166,55 @@ class Room:
                 "roomCode": self.meeting.room_code,
                 "hostEmpId": self.meeting.host_emp_id,
             },
-            "peers": [p.public() for p in self.peers.values()],
+            "peers": [p.public() for p in self.peers.values() if p is not peer],
             "iceServers": self.hub.config.ice.servers_for(peer.emp_id),
         }
-        self._send(peer, encode_event("room:joined", snapshot, request_id))
-        self._broadcast(encode_event("peer:joined", peer.public()))
-        self.peers[peer.emp_id] = peer
-        self.hub.metrics.peer_joined()
-        if peer.role is Role.HOST:
-            self._restore_roles_after_host_return()
-        elif existing is not None and existing.role is Role.HOST:
-            self._hand_over_host()  # an acting host reconnected: the room keeps a host
-        self._nursery.start_soon(self._run_peer, peer, conn, name=f"peer:{peer.emp_id}")
+        if self.hub.config.resume_grace > 0:
+            snapshot["resumeToken"] = peer.new_resume_token()
+        return snapshot
+
+    def resume(
+        self, emp_id: str, resume_token: str, conn: Connection, request_id: Any = None
+    ) -> trio.Event | None:
+        """Hand ``conn`` to the member ``emp_id`` if ``resume_token`` is its current one.
+
+        Works whether the peer is detached or still attached (its client may have
+        noticed the drop first); the old connection is then closed (4013). The token
+        is used up at once; the new connection gets a fresh one in ``room:resumed``.
+        Returns the event set once the room is done with ``conn``, or None (nothing
+        changed) if the peer is not here, is being removed, or the token is wrong.
+        Synchronous, like :meth:`attach`.
+        """
+        peer = self.peers.get(emp_id)
+        if (
+            peer is None
+            or self.ending
+            or self.closed
+            or (peer.exit is not None and not peer.exit.resumable)
+            or not peer.resume_token_matches(resume_token)
+        ):
+            return None
+        peer.resume_token = None
+        done = trio.Event()
+        previous, peer.takeover = peer.takeover, Takeover(conn, request_id, done)
+        if previous is not None:  # cannot happen (the token is single-use), but never leak one
+            previous.done.set()
+        # The old connection's writer stops now (a batch it was writing is kept in
+        # peer.unsent); what is queued from here on goes to the new connection.
+        peer.write_scope.cancel()
+        if peer.detached or peer.receiving:
+            # Waiting for a resume, or for a frame: stop waiting. A reader busy with a
+            # request is left to finish it (cancelling a host command halfway could leave
+            # it half done) and stops before reading again.
+            peer.read_scope.cancel()
+        return done
 
     def _remove(self, peer: Peer, exit: Exit, *, cancel: bool = True) -> bool:
         """Take a peer out of the room now. False if it was no longer a member."""
         if self.peers.get(peer.emp_id) is not peer:
             return False
         del self.peers[peer.emp_id]
-        if peer.exit is None:
+        if peer.exit is None or peer.exit.resumable:
             peer.exit = exit
         if cancel:
             peer.read_scope.cancel()
@@ -171,9 +240,10 @@ class Room:
         try:
             peer.outbox.send_nowait(frame)
         except trio.WouldBlock:
-            # The peer reads slower than the room talks to it. Dropping frames would
-            # corrupt its WebRTC negotiation, so it is disconnected instead.
-            if peer.exit is None:
+            # The peer reads slower than the room talks to it (or, detached, did not come
+            # back before its outbox filled). Dropping frames would corrupt its WebRTC
+            # negotiation, so it is disconnected instead.
+            if peer.exit is None or peer.detached:
                 peer.exit = exits.SLOW_CONSUMER
                 log.warning("disconnecting slow consumer %s in %s", peer.emp_id, self.id)
             peer.read_scope.cancel()
@@ -187,37 +257,114 @@ class Room:
 
     # A peer's life
 
-    async def _run_peer(self, peer: Peer, conn: Connection) -> None:
+    async def _run_peer(self, peer: Peer, conn: Connection, done: trio.Event) -> None:
+        """The peer's whole membership: a session per connection, detached between them."""
         config = self.hub.config
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, peer, conn)
-                with peer.read_scope:
-                    await self._read_loop(peer, conn)
-                self._remove(peer, exits.DISCONNECTED, cancel=False)
-                exit = peer.exit or exits.DISCONNECTED
-                if exit.notice is not None:
-                    self._send(peer, exit.notice)
-                # The writer drains what is queued (the notice last), then stops; a
-                # client that does not take it within close_timeout is cut off.
-                peer.outbox.close()
-                nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout
-        except Exception:
-            log.exception("peer session %s in room %s failed", peer.emp_id, self.id)
-            if peer.exit is None:
-                peer.exit = exits.INTERNAL
+            while True:
+                outcome = await self._run_session(peer, conn, done)
+                if outcome is _Outcome.DETACH:
+                    peer.detached = True
+                    grace_ends = trio.current_time() + config.resume_grace
+                    # A fresh scope: _remove and resume() cancel it, as they would a reader.
+                    with trio.CancelScope(deadline=grace_ends) as peer.read_scope:
+                        await trio.sleep_forever()
+                    peer.detached = False
+                takeover = peer.takeover
+                if takeover is None or self._session_end(peer) is not _Outcome.TAKEOVER:
+                    break
+                # Resumed: the new connection's first frame is room:resumed, then what
+                # could not be written before, then everything queued since.
+                peer.takeover = None
+                peer.exit = None
+                peer.dropped_at = None
+                conn, done = takeover.conn, takeover.done
+                resumed = self._snapshot(peer)
+                resumed["queued"] = len(peer.unsent) + peer.outbox.statistics().current_buffer_used
+                peer.unsent.insert(0, encode_event("room:resumed", resumed, takeover.request_id))
+                self.hub.metrics.resumed()
         finally:
             with trio.CancelScope(shield=True):
                 if peer.exit is None:
                     # Cancelled from outside (the hub stopping) without being told why.
                     peer.exit = exits.SHUTDOWN
+                peer.detached = False
                 self._remove(peer, peer.exit, cancel=False)
                 peer.outbox.close()
-                with trio.move_on_after(config.close_timeout):
-                    await conn.close(peer.exit.close_code, peer.exit.close_reason)
+                if peer.takeover is not None:
+                    # A resume that lost the race with this peer's removal.
+                    with trio.move_on_after(config.close_timeout):
+                        await peer.takeover.conn.close(
+                            peer.exit.close_code, peer.exit.close_reason
+                        )
+                    peer.takeover.done.set()
+                    peer.takeover = None
                 await self._record_leave(peer)
+                done.set()  # the last connection's serve() returns once its leave is written
                 peer.finished.set()
                 self._maybe_close()
+
+    def _session_end(self, peer: Peer) -> _Outcome:
+        """What the end of the current connection means for the peer."""
+        if self.peers.get(peer.emp_id) is not peer or self.ending or self.hub.stopping:
+            return _Outcome.END
+        if peer.exit is not None and not peer.exit.resumable:
+            return _Outcome.END
+        if peer.takeover is not None:
+            return _Outcome.TAKEOVER
+        if peer.exit is not None and self.hub.config.resume_grace > 0:
+            return _Outcome.DETACH
+        return _Outcome.END
+
+    async def _run_session(self, peer: Peer, conn: Connection, done: trio.Event) -> _Outcome:
+        """Read and write one connection of the peer until it ends, and close it.
+
+        Unless the peer leaves with it (END: the caller finishes the peer, then sets
+        ``done``), ``done`` is set here, once the connection is closed.
+        """
+        config = self.hub.config
+        outcome = _Outcome.END
+        peer.read_scope = trio.CancelScope()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, peer, conn)
+                with peer.read_scope:
+                    await self._read_loop(peer, conn)
+                outcome = self._session_end(peer)
+                if outcome is _Outcome.END:
+                    exit = peer.exit or exits.DISCONNECTED
+                    self._remove(peer, exit, cancel=False)
+                    for frame in exit.frames():
+                        self._send(peer, frame)
+                    # The writer drains what is queued (the notices last), then stops; a
+                    # client that does not take it within close_timeout is cut off.
+                    peer.outbox.close()
+                    nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout
+                else:
+                    # The outbox stays open for the next connection; the writer stops now.
+                    if outcome is _Outcome.DETACH:
+                        peer.dropped_at = utcnow()
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("peer session %s in room %s failed", peer.emp_id, self.id)
+            if peer.exit is None or peer.exit.resumable:
+                peer.exit = exits.INTERNAL
+            outcome = _Outcome.END
+        finally:
+            with trio.CancelScope(shield=True):
+                if outcome is _Outcome.TAKEOVER:
+                    code, reason = CloseCode.RESUMED_ELSEWHERE, "resumed on another connection"
+                else:
+                    if peer.exit is None:
+                        peer.exit = exits.SHUTDOWN  # cancelled from outside: the hub stopping
+                    if outcome is _Outcome.END:
+                        self._remove(peer, peer.exit, cancel=False)
+                    code, reason = peer.exit.close_code, peer.exit.close_reason
+                with trio.move_on_after(config.close_timeout):
+                    await conn.close(code, reason)
+                if outcome is not _Outcome.END:
+                    done.set()
+        return outcome
 
     async def _record_leave(self, peer: Peer) -> None:
         if peer.leave_recorded:
@@ -226,41 +373,68 @@ class Room:
         # The hub's leave writer owns it from here: written now if the database is up,
         # else kept and retried until it is (never lost, never written twice).
         peer.leave_recorded = True
-        await self.hub.leaves.record(Leave(peer.attendance_id, utcnow(), peer.exit.reason.value))
+        # A peer whose connection dropped left when it dropped, not when its window ran out.
+        left_at = peer.dropped_at or utcnow()
+        await self.hub.leaves.record(Leave(peer.attendance_id, left_at, peer.exit.reason.value))
 
     async def _write_loop(self, peer: Peer, conn: Connection) -> None:
         reader = peer.outbox_reader
         samples = peer.latency_samples
-        try:
-            async for frame in reader:
-                batch = [frame]
-                while len(batch) < WRITE_BATCH:
-                    try:
-                        batch.append(reader.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                # Samples taken so far belong to frames already queued, hence in this batch
-                # (or an earlier one) unless the batch was cut at WRITE_BATCH.
-                timed = len(samples)
-                await conn.send(batch)
-                if timed:
-                    self.hub.metrics.observe_relay(samples, timed, trio.current_time())
-        except ConnectionClosed:
-            if peer.exit is None:
-                peer.exit = exits.DISCONNECTED
-            peer.read_scope.cancel()
+        with trio.CancelScope() as peer.write_scope:
+            try:
+                if peer.unsent:  # a resumed connection: what the last one could not write
+                    await conn.send(peer.unsent)
+                    peer.unsent = []
+                async for frame in reader:
+                    batch = [frame]
+                    while len(batch) < WRITE_BATCH:
+                        try:
+                            batch.append(reader.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    # Samples taken so far belong to frames already queued, hence in this
+                    # batch (or an earlier one) unless the batch was cut at WRITE_BATCH.
+                    timed = len(samples)
+                    # Kept until written: if the connection drops now, a resume resends them.
+                    peer.unsent = batch
+                    await conn.send(batch)
+                    peer.unsent = []
+                    if timed:
+                        self.hub.metrics.observe_relay(samples, timed, trio.current_time())
+            except ConnectionClosed as exc:
+                if peer.exit is None:
+                    timed_out = isinstance(exc, ConnectionTimedOut)
+                    peer.exit = exits.TIMEOUT if timed_out else exits.DISCONNECTED
+                peer.read_scope.cancel()
 
     async def _read_loop(self, peer: Peer, conn: Connection) -> None:
         handlers = self._handlers
-        while True:
+        config = self.hub.config
+        limiter = rate_limiter(config.rate_limit, config.rate_burst)
+        while not peer.is_superseded():
+            peer.receiving = True  # only then may a resume cancel this reader (see resume)
             try:
-                message = await conn.receive()
-            except ConnectionClosed:
+                message: str | bytes | MessageTooLarge = await conn.receive()
+            except ConnectionClosed as exc:
                 if peer.exit is None:
-                    peer.exit = exits.DISCONNECTED
+                    timed_out = isinstance(exc, ConnectionTimedOut)
+                    peer.exit = exits.TIMEOUT if timed_out else exits.DISCONNECTED
                 return
             except MessageTooLarge as exc:
-                self._send(peer, encode_error(ErrorCode.FRAME_TOO_LARGE, str(exc)))
+                message = exc
+            finally:
+                peer.receiving = False
+            if peer.is_superseded():
+                return  # resumed on another connection: this one is done
+            if limiter is not None and (verdict := limiter.check()) is not Verdict.ALLOW:
+                if verdict is Verdict.CLOSE:
+                    if peer.exit is None:
+                        peer.exit = exits.RATE_LIMITED
+                    return
+                self._send(peer, _rate_limited(message))
+                continue
+            if isinstance(message, MessageTooLarge):
+                self._send(peer, encode_error(ErrorCode.FRAME_TOO_LARGE, str(message)))
                 continue
             if not isinstance(message, str):
                 self._send(
@@ -488,6 +662,23 @@ class Room:
             }
             for p in self.peers.values()
         ]
+
+
+def _rate_limited(message: str | bytes | MessageTooLarge) -> bytes:
+    """The RATE_LIMITED error for a dropped frame, answering its request id if it has one."""
+    request_id = event = None
+    if isinstance(message, str):
+        try:
+            request = decode_request(message)
+            request_id, event = request.id, request.event
+        except ProtocolError as exc:
+            request_id = exc.request_id
+    return encode_error(
+        ErrorCode.RATE_LIMITED,
+        "too many frames: this one was dropped; slow down",
+        request_id=request_id,
+        event=event,
+    )
 
 
 def _refusal(request: Request, code: ErrorCode, message: str) -> ProtocolError:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import Blueprint, current_app, websocket
+from quart import Blueprint, Response, current_app, websocket
 
 from ..core.connection import ConnectionClosed, MessageTooLarge
-from ..transports.websocket import TOKEN_QUERY_PARAMETER
+from ..core.limits import OriginPolicy
+from ..transports.websocket import RESUME_QUERY_PARAMETER, TOKEN_QUERY_PARAMETER
 
 if TYPE_CHECKING:
     from .extension import Meshroom
@@ -64,15 +66,36 @@ class QuartConnection:
             self._receive_scope.cancel()
 
 
+@functools.lru_cache(maxsize=8)
+def _origin_policy(allowed: str) -> OriginPolicy:
+    return OriginPolicy(part for part in allowed.split(","))
+
+
 @signaling.websocket("/meetings")
-async def meetings() -> None:
+async def meetings() -> Response | None:
     meshroom: Meshroom = current_app.extensions["meshroom"]
-    conn = QuartConnection(
-        websocket._get_current_object(),  # type: ignore[attr-defined]  # used outside this context
-        max_message_bytes=meshroom.settings.max_message_bytes,
-    )
-    await websocket.accept()
+    hub = meshroom.hub
+    # Refusals before the upgrade are plain HTTP answers (hypercorn's WebSocket
+    # denial response), as on the standalone listener.
+    origins = _origin_policy(meshroom.settings.allowed_origins)
+    if not origins.allows(websocket.headers.get("Origin")):
+        return Response("this Origin may not open a signaling WebSocket\n", 403)
+    if not hub.slots.acquire():
+        return Response("too many connections; try again shortly\n", 503, {"Retry-After": "5"})
     try:
-        await meshroom.hub.serve(conn, token=websocket.args.get(TOKEN_QUERY_PARAMETER))
+        conn = QuartConnection(
+            websocket._get_current_object(),  # type: ignore[attr-defined]  # used outside this context
+            max_message_bytes=meshroom.settings.max_message_bytes,
+        )
+        await websocket.accept()
+        try:
+            await hub.serve(
+                conn,
+                token=websocket.args.get(TOKEN_QUERY_PARAMETER),
+                resume_token=websocket.args.get(RESUME_QUERY_PARAMETER),
+            )
+        finally:
+            conn.disconnected()
     finally:
-        conn.disconnected()
+        hub.slots.release()
+    return None

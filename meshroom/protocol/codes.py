@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_FIELD = "INVALID_FIELD"
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     BINARY_NOT_SUPPORTED = "BINARY_NOT_SUPPORTED"
+    RATE_LIMITED = "RATE_LIMITED"  # over the rate limit (kept up, it closes with 4012)
     # Request-level problems: the request is refused, the connection stays open.
     TARGET_NOT_FOUND = "TARGET_NOT_FOUND"
     FORBIDDEN = "FORBIDDEN"
@@ -35,6 +36,8 @@ class ErrorCode(enum.StrEnum):
     MEETING_ENDED = "MEETING_ENDED"
     BANNED = "BANNED"
     DUPLICATE_SESSION = "DUPLICATE_SESSION"
+    ROOM_FULL = "ROOM_FULL"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -56,6 +59,10 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4007
     DUPLICATE_SESSION = 4008
     SLOW_CONSUMER = 4009
+    HEARTBEAT_TIMEOUT = 4010
+    ROOM_FULL = 4011
+    RATE_LIMITED = 4012
+    RESUMED_ELSEWHERE = 4013
 
 
 class LeaveReason(enum.StrEnum):
@@ -68,5 +75,7 @@ class LeaveReason(enum.StrEnum):
     MEETING_ENDED = "meeting-ended"
     REPLACED = "replaced"
     SLOW_CONSUMER = "slow-consumer"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate-limited"
     SERVER_SHUTDOWN = "server-shutdown"
     ERROR = "error"

@@ -22,6 +22,7 @@ RequestId = int | str
 MAX_ID_LENGTH: Final = 64
 MAX_EMP_ID_LENGTH: Final = 128
 MAX_REASON_LENGTH: Final = 500
+MAX_RESUME_TOKEN_LENGTH: Final = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,10 @@ def _target() -> Field:
 
 #: Every event a client may send, with the fields its ``data`` object must carry.
 CLIENT_EVENTS: Final[Mapping[str, tuple[Field, ...]]] = {
-    "auth": (Field("meetingAccessToken", "string", max_length=8192),),
+    "auth": (
+        Field("meetingAccessToken", "string", max_length=8192),
+        Field("resumeToken", "string", required=False, max_length=MAX_RESUME_TOKEN_LENGTH),
+    ),
     "signal:offer": (_target(), Field("offer", "object")),
     "signal:answer": (_target(), Field("answer", "object")),
     "signal:ice": (_target(), Field("candidate", "object-or-null")),

@@ -4,6 +4,12 @@ This is meshroom's fast path. Each connection is one trio stream, one wsproto
 state machine and no extra tasks or queues of its own: the room core's writer
 task calls :meth:`WebSocketConnection.send` with every frame it has queued, and
 they leave in a single ``send_all``.
+
+Heartbeats need no task either: the task that reads (the core's reader) waits
+for input at most ``heartbeat_interval`` seconds; when the line has been quiet
+that long it sends a Ping, and when nothing at all (a Pong or anything else)
+arrives within ``heartbeat_timeout`` seconds more, ``receive`` raises
+:class:`~meshroom.core.connection.ConnectionTimedOut`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ..core.connection import ConnectionClosed, MessageTooLarge
+from ..core.connection import ConnectionClosed, ConnectionTimedOut, MessageTooLarge
+from ..core.limits import ConnectionSlots, OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,19 @@ _HEADER_16: Final = struct.Struct("!BBH")
 _HEADER_64: Final = struct.Struct("!BBQ")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 TOKEN_QUERY_PARAMETER: Final = "meetingAccessToken"
+RESUME_QUERY_PARAMETER: Final = "resumeToken"
+# How long a connection refused for want of a slot may take to send its request.
+REFUSAL_READ_SECONDS: Final = 2.0
+# How long a connection that missed its heartbeat is given to take our close frame.
+TIMED_OUT_CLOSE_SECONDS: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Ping a connection quiet for ``interval`` s; dead if silent ``timeout`` s more."""
+
+    interval: float
+    timeout: float
 
 
 class WebSocketConnection:
@@ -54,6 +74,7 @@ class WebSocketConnection:
         *,
         remote: str,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._stream = stream
         self._ws = ws
@@ -67,6 +88,10 @@ class WebSocketConnection:
         self._broken = False
         self._closed = False
         self.close_code: int | None = None  # what the client sent, if it closed first
+        self._heartbeat = heartbeat
+        self._last_heard = trio.current_time()
+        self._ping_deadline: float | None = None  # set while a ping awaits an answer
+        self.timed_out = False
 
     @property
     def remote(self) -> str:
@@ -78,12 +103,18 @@ class WebSocketConnection:
                 message = await self._handle(self._pending.popleft())
                 if message is not None:
                     return message
+            if self.timed_out:
+                raise ConnectionTimedOut(None, "heartbeat timeout")
             if self._closed or self._ws.state is ConnectionState.CLOSED:
                 raise ConnectionClosed(self.close_code)
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            if data is None:
+                self.timed_out = True
+                log.debug("%s missed its heartbeat", self._remote)
+                raise ConnectionTimedOut(None, "heartbeat timeout")
             try:
                 self._ws.receive_data(bytes(data) or None)
             except RemoteProtocolError as exc:
@@ -91,6 +122,30 @@ class WebSocketConnection:
                 await self.close(1002, "protocol error")
                 raise ConnectionClosed(1002, "protocol error") from None
             self._pending.extend(self._ws.events())
+
+    async def _receive_some(self) -> bytes | bytearray | None:
+        """The next bytes from the client; None if it missed its heartbeat."""
+        heartbeat = self._heartbeat
+        if heartbeat is None:
+            return await self._stream.receive_some(RECEIVE_SIZE)
+        while True:
+            if self._ping_deadline is None:
+                deadline = self._last_heard + heartbeat.interval
+            else:
+                deadline = self._ping_deadline
+            with trio.move_on_at(deadline):
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._last_heard = trio.current_time()
+                self._ping_deadline = None  # any traffic answers a ping
+                return data
+            if self._ping_deadline is not None:
+                return None
+            # Quiet for a whole interval: ask. Sending counts against the timeout too
+            # (a client that reads nothing can have filled our socket buffer).
+            self._ping_deadline = trio.current_time() + heartbeat.timeout
+            with trio.move_on_at(self._ping_deadline):
+                with contextlib.suppress(ConnectionClosed, LocalProtocolError):
+                    await self._send_bytes(self._ws.send(Ping(b"meshroom")))
 
     async def _handle(self, event: Event) -> str | bytes | None:
         if isinstance(event, Message):
@@ -165,6 +220,11 @@ class WebSocketConnection:
         if self._closed:
             return
         try:
+            if self.timed_out and not self._broken and self._ws.state is ConnectionState.OPEN:
+                # Presumed dead: one try at telling it why, no waiting for an answer.
+                with trio.move_on_after(TIMED_OUT_CLOSE_SECONDS):
+                    await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
+                return
             if not self._broken and self._ws.state is ConnectionState.OPEN:
                 await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
                 # Hanging up with unread input would make the kernel send RST, and the
@@ -209,6 +269,11 @@ class Upgrade:
         values = self.query.get(TOKEN_QUERY_PARAMETER)
         return values[0] if values else None
 
+    @property
+    def resume_token(self) -> str | None:
+        values = self.query.get(RESUME_QUERY_PARAMETER)
+        return values[0] if values else None
+
 
 ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[None]]
 
@@ -219,8 +284,15 @@ async def accept_websocket(
     path: str,
     remote: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    heartbeat: Heartbeat | None = None,
+    origins: OriginPolicy | None = None,
+    full: bool = False,
 ) -> tuple[WebSocketConnection, Upgrade] | None:
-    """Run the HTTP upgrade handshake on a fresh stream. None if it was refused (and closed)."""
+    """Run the HTTP upgrade handshake on a fresh stream. None if it was refused (and closed).
+
+    Refusals are plain HTTP answers: 404 for another path, 403 for an Origin not
+    in ``origins``, 503 (with Retry-After) when ``full`` (no connection slot left).
+    """
     ws = WSConnection(ConnectionType.SERVER)
     request: Request | None = None
     while request is None:
@@ -239,25 +311,47 @@ async def accept_websocket(
                 stream, 426, f"this endpoint speaks WebSocket only ({exc})\n", upgrade=True
             )
             return None
+    if full:
+        await _plain_response(
+            stream, 503, "too many connections; try again shortly\n", retry_after=5
+        )
+        return None
     target = urlsplit(request.target)
     if target.path.rstrip("/") != path.rstrip("/"):
         await _plain_response(stream, 404, f"no WebSocket endpoint at {target.path}; try {path}\n")
         return None
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.extra_headers}
+    if origins is not None and not origins.allows(headers.get("origin")):
+        log.info("refused a WebSocket from %s: Origin %r", remote, headers.get("origin"))
+        await _plain_response(stream, 403, "this Origin may not open a signaling WebSocket\n")
+        return None
     await stream.send_all(ws.send(AcceptConnection()))
-    conn = WebSocketConnection(stream, ws, remote=remote, max_message_bytes=max_message_bytes)
+    conn = WebSocketConnection(
+        stream, ws, remote=remote, max_message_bytes=max_message_bytes, heartbeat=heartbeat
+    )
     return conn, Upgrade(path=target.path, query=parse_qs(target.query), headers=headers)
 
 
 async def _plain_response(
-    stream: trio.abc.Stream, status: int, body: str, *, upgrade: bool = False
+    stream: trio.abc.Stream,
+    status: int,
+    body: str,
+    *,
+    upgrade: bool = False,
+    retry_after: int | None = None,
 ) -> None:
-    reason = {404: "Not Found", 426: "Upgrade Required"}[status]
+    reason = {
+        403: "Forbidden",
+        404: "Not Found",
+        426: "Upgrade Required",
+        503: "Service Unavailable",
+    }[status]
     payload = body.encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
         + ("Upgrade: websocket\r\n" if upgrade else "")
+        + (f"Retry-After: {retry_after}\r\n" if retry_after is not None else "")
         + "\r\n"
     )
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -266,8 +360,9 @@ async def _plain_response(
 
 
 def _remote_of(stream: trio.abc.Stream) -> str:
+    tcp: Any = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream
     try:
-        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+        host, port = tcp.socket.getpeername()[:2]
         return f"{host}:{port}"
     except (AttributeError, OSError):
         return "?"
@@ -275,23 +370,49 @@ def _remote_of(stream: trio.abc.Stream) -> str:
 
 async def serve_websocket(
     handler: ConnectionHandler,
-    listeners: list[trio.SocketListener],
+    listeners: Sequence[trio.abc.Listener[Any]],
     *,
     path: str = "/meetings",
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     handshake_timeout: float = 10.0,
+    heartbeat: Heartbeat | None = None,
+    origins: OriginPolicy | None = None,
+    slots: ConnectionSlots | None = None,
     handler_nursery: trio.Nursery | None = None,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept WebSocket connections on ``listeners`` at ``path`` and run ``handler`` on each."""
+    """Accept WebSocket connections on ``listeners`` at ``path`` and run ``handler`` on each.
 
-    async def on_stream(stream: trio.SocketStream) -> None:
+    ``listeners`` may be TLS listeners (:class:`trio.SSLListener`): the TLS handshake
+    then counts against ``handshake_timeout`` like the HTTP one. ``slots`` bounds the
+    connections held at once (handshakes included); past it, new ones get HTTP 503.
+    """
+    slots = slots if slots is not None else ConnectionSlots()
+
+    async def on_stream(stream: trio.abc.Stream) -> None:
+        if not slots.acquire():
+            with trio.move_on_after(min(handshake_timeout, REFUSAL_READ_SECONDS)):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await accept_websocket(stream, path=path, remote="?", full=True)
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            await _serve_stream(stream)
+        finally:
+            slots.release()
+
+    async def _serve_stream(stream: trio.abc.Stream) -> None:
         remote = _remote_of(stream)
         accepted = None
         try:
             with trio.move_on_after(handshake_timeout):
                 accepted = await accept_websocket(
-                    stream, path=path, remote=remote, max_message_bytes=max_message_bytes
+                    stream,
+                    path=path,
+                    remote=remote,
+                    max_message_bytes=max_message_bytes,
+                    heartbeat=heartbeat,
+                    origins=origins,
                 )
                 if accepted is None:
                     return
@@ -313,7 +434,7 @@ async def serve_websocket(
 
     await trio.serve_listeners(
         on_stream,
-        listeners,
+        list(listeners),
         handler_nursery=handler_nursery,
         task_status=task_status,
     )
