@@ -99,6 +99,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> Engine:
     connect_args: dict[str, Any] = {}
     if sa_url.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
+        # A database host that vanishes (no RST) is noticed in about 30 s, not the
+        # kernel's default of hours: a call in flight then fails as StoreUnavailable.
+        connect_args.update(keepalives=1, keepalives_idle=15, keepalives_interval=5)
+        connect_args.update(keepalives_count=3)
     return sa.create_engine(
         sa_url,
         pool_size=pool_size,
