@@ -6,9 +6,13 @@ import datetime as dt
 
 import pytest
 import sqlalchemy as sa
+import trio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from meshroom import Server, Settings
+from meshroom.cli import main
+from meshroom.config import ConfigError
 from meshroom.store import SchemaError, SchemaOutOfDate, SqlStore, migrate
 from meshroom.store.migrate import SchemaStatus
 from meshroom.store.schema import metadata
@@ -209,3 +213,64 @@ def _check_v1_rows_survived(url: str) -> None:
         ("ann", False, False, None),
         ("ann", True, False, None),
     ]
+
+
+# What `meshroom serve` and `meshroom db` do with it
+
+
+def serve_settings(url: str, tmp_path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "http_port": 0,
+        "database_url": url,
+        "secret": "s" * 40,
+        "api_key_file": str(tmp_path / "apikey"),
+    }
+    return Settings.from_env({}, **{**values, **overrides})
+
+
+async def test_serve_refuses_an_old_schema_in_one_line_naming_the_command(db_url, tmp_path):
+    upgrade(db_url, "0001")
+    with pytest.raises(ConfigError) as caught, trio.fail_after(30):
+        await Server(serve_settings(db_url, tmp_path)).run()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "`meshroom db upgrade`" in message and "--auto-migrate" in message
+    assert state(db_url).current == "0001"
+
+
+async def test_serve_with_auto_migrate_upgrades_and_starts(db_url, tmp_path):
+    upgrade(db_url, "0001")
+    server = Server(serve_settings(db_url, tmp_path, auto_migrate=True))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            server.request_shutdown()
+    assert state(db_url).status is SchemaStatus.CURRENT
+
+
+def test_auto_migrate_from_the_environment():
+    assert Settings.from_env({"MESHROOM_AUTO_MIGRATE": "1"}).auto_migrate is True
+    assert Settings.from_env({"MESHROOM_AUTO_MIGRATE": "false"}).auto_migrate is False
+    with pytest.raises(ConfigError):
+        Settings.from_env({"MESHROOM_AUTO_MIGRATE": "maybe"})
+
+
+def test_cli_db_current_and_upgrade(db_url, capsys):
+    upgrade(db_url, "0001")
+    assert main(["db", "current", "--check", "--database-url", db_url]) == 1
+    assert "0001  behind" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", db_url]) == 0
+    assert "from revision 0001 to 0002" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", db_url]) == 0
+    assert "up to date (revision 0002)" in capsys.readouterr().out
+    assert main(["db", "current", "--check", "--database-url", db_url]) == 0
+
+
+def test_cli_commands_refuse_an_old_schema(db_url, capsys):
+    upgrade(db_url, "0001")
+    assert main(["meeting", "list", "--database-url", db_url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("meshroom: error:") and "meshroom db upgrade" in err
+    assert "\n" not in err
