@@ -12,6 +12,7 @@ No extension is ever negotiated, so any RSV bit is a protocol error.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -243,7 +244,7 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return _HEADER_64.pack(0x80 | opcode, 127, size) + payload
 
 
-def text_frames(messages: list[bytes] | tuple[bytes, ...]) -> bytes:
+def text_frames(messages: Sequence[bytes]) -> bytes:
     """Several UTF-8 messages as consecutive text frames, ready for one write."""
     parts: list[bytes] = []
     for message in messages:

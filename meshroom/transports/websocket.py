@@ -1,9 +1,10 @@
-"""The standalone signaling listener: wsproto (sans-I/O WebSocket) driven on trio streams.
+"""The standalone signaling listener: WebSocket on trio streams, sans-I/O underneath.
 
-This is meshroom's fast path. Each connection is one trio stream, one wsproto
-state machine and no extra tasks or queues of its own: the room core's writer
-task calls :meth:`WebSocketConnection.send` with every frame it has queued, and
-they leave in a single ``send_all``.
+This is meshroom's fast path. wsproto runs the HTTP upgrade handshake; after it,
+meshroom's own frame reader and writer (:mod:`.frames`) take over. Each
+connection is one trio stream with no extra tasks or queues of its own: the room
+core's writer task calls :meth:`WebSocketConnection.send` with every message it
+has queued, and they leave in a single ``send_all``.
 
 Heartbeats need no task either: the task that reads (the core's reader) waits
 for input at most ``heartbeat_interval`` seconds; when the line has been quiet
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,28 +25,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Message,
-    Ping,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, Request
+from wsproto.utilities import RemoteProtocolError
 
 from ..core.connection import ConnectionClosed, ConnectionTimedOut, MessageTooLarge
 from ..core.limits import ConnectionSlots, OriginPolicy
+from . import frames
+from .frames import FrameReader, ProtocolViolation
 
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE: Final = 65536
-# Server-to-client frame headers (RFC 6455 §5.2): FIN + text opcode, unmasked length.
-_HEADER_16: Final = struct.Struct("!BBH")
-_HEADER_64: Final = struct.Struct("!BBQ")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 TOKEN_QUERY_PARAMETER: Final = "meetingAccessToken"
 RESUME_QUERY_PARAMETER: Final = "resumeToken"
@@ -65,27 +54,30 @@ class Heartbeat:
 
 
 class WebSocketConnection:
-    """:class:`meshroom.core.Connection` over a trio stream, after the handshake."""
+    """:class:`meshroom.core.Connection` over a trio stream, after the handshake.
+
+    Frames are read by :class:`~meshroom.transports.frames.FrameReader` and
+    written by :mod:`~meshroom.transports.frames`; wsproto only did the handshake.
+    """
 
     def __init__(
         self,
         stream: trio.abc.Stream,
-        ws: WSConnection,
         *,
         remote: str,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         heartbeat: Heartbeat | None = None,
+        initial: bytes = b"",
     ) -> None:
         self._stream = stream
-        self._ws = ws
         self._remote = remote
         self._max = max_message_bytes
-        self._pending: deque[Event] = deque(ws.events())
-        self._parts: list[str | bytes] = []
-        self._size = 0
-        self._discarding = False
+        self._reader = FrameReader(max_message_bytes)
+        self._pending: deque[frames.Event] = deque()
+        self._initial = initial  # frames the client sent right behind its upgrade request
         self._send_lock = trio.StrictFIFOLock()  # the writer task and pong replies share the stream
-        self._broken = False
+        self._broken = False  # a write failed or was cut short: no more frames can go out
+        self._close_sent = False
         self._closed = False
         self.close_code: int | None = None  # what the client sent, if it closed first
         self._heartbeat = heartbeat
@@ -98,30 +90,59 @@ class WebSocketConnection:
         return self._remote
 
     async def receive(self) -> str | bytes:
+        pending = self._pending
         while True:
-            while self._pending:
-                message = await self._handle(self._pending.popleft())
-                if message is not None:
-                    return message
+            while pending:
+                event = pending.popleft()
+                if type(event) is frames.Message:
+                    return event.data.decode() if event.text else event.data
+                await self._handle_other(event)
             if self.timed_out:
                 raise ConnectionTimedOut(None, "heartbeat timeout")
-            if self._closed or self._ws.state is ConnectionState.CLOSED:
+            if self._closed or self._close_sent:
                 raise ConnectionClosed(self.close_code)
+            if self._initial:
+                data, self._initial = self._initial, b""
+            else:
+                try:
+                    received = await self._receive_some()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    received = b""
+                if received is None:
+                    self.timed_out = True
+                    log.debug("%s missed its heartbeat", self._remote)
+                    raise ConnectionTimedOut(None, "heartbeat timeout")
+                data = bytes(received)
+            if not data:
+                await self._abort()
+                raise ConnectionClosed(1006, "connection lost")
             try:
-                data = await self._receive_some()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if data is None:
-                self.timed_out = True
-                log.debug("%s missed its heartbeat", self._remote)
-                raise ConnectionTimedOut(None, "heartbeat timeout")
-            try:
-                self._ws.receive_data(bytes(data) or None)
-            except RemoteProtocolError as exc:
-                log.debug("protocol error from %s: %s", self._remote, exc)
-                await self.close(1002, "protocol error")
-                raise ConnectionClosed(1002, "protocol error") from None
-            self._pending.extend(self._ws.events())
+                pending.extend(self._reader.feed(data))
+            except ProtocolViolation as exc:
+                log.debug("protocol error from %s: %s", self._remote, exc.reason)
+                await self.close(exc.code, exc.reason)
+                raise ConnectionClosed(exc.code, exc.reason) from None
+
+    async def _handle_other(self, event: frames.Event) -> None:
+        if type(event) is frames.Oversized:
+            raise MessageTooLarge(event.size, self._max)
+        if type(event) is frames.Ping:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_bytes(frames.frame(frames.OP_PONG, event.payload))
+        elif type(event) is frames.Close:
+            self.close_code = event.code
+            if not self._close_sent:
+                self._close_sent = True
+                reply = (
+                    frames.close_frame(event.code)
+                    if event.code
+                    else frames.frame(frames.OP_CLOSE, b"")
+                )
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send_bytes(reply)
+            await self._abort()
+            raise ConnectionClosed(event.code, event.reason)
+        # A Pong needs nothing: liveness is judged by any traffic.
 
     async def _receive_some(self) -> bytes | bytearray | None:
         """The next bytes from the client; None if it missed its heartbeat."""
@@ -143,61 +164,14 @@ class WebSocketConnection:
             # Quiet for a whole interval: ask. Sending counts against the timeout too
             # (a client that reads nothing can have filled our socket buffer).
             self._ping_deadline = trio.current_time() + heartbeat.timeout
-            with trio.move_on_at(self._ping_deadline):
-                with contextlib.suppress(ConnectionClosed, LocalProtocolError):
-                    await self._send_bytes(self._ws.send(Ping(b"meshroom")))
+            with trio.move_on_at(self._ping_deadline), contextlib.suppress(ConnectionClosed):
+                await self._send_bytes(frames.frame(frames.OP_PING, b"meshroom"))
 
-    async def _handle(self, event: Event) -> str | bytes | None:
-        if isinstance(event, Message):
-            return self._collect(event)
-        if isinstance(event, Ping):
-            await self._send_bytes(self._ws.send(event.response()))
-            return None
-        if isinstance(event, CloseConnection):
-            self.close_code = event.code
-            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                await self._send_bytes(self._ws.send(event.response()))
-            await self._abort()
-            raise ConnectionClosed(event.code, event.reason or "")
-        return None  # Pong: liveness is judged by any traffic
-
-    def _collect(self, event: Message[Any]) -> str | bytes | None:
-        # Fragments are gathered up to the limit; past it the rest of the message is
-        # read and dropped, so one oversized frame costs an error, not the connection.
-        if not self._discarding:
-            self._size += len(event.data)
-            if self._size > self._max:
-                self._discarding = True
-                self._parts.clear()
-            else:
-                self._parts.append(event.data)
-        if not event.message_finished:
-            return None
-        size, discarded = self._size, self._discarding
-        parts, self._parts, self._size, self._discarding = self._parts, [], 0, False
-        if discarded:
-            raise MessageTooLarge(size, self._max)
-        if isinstance(event, TextMessage):
-            return parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
-        assert isinstance(event, BytesMessage)
-        return b"".join(parts)  # type: ignore[arg-type]
-
-    async def send(self, frames: Sequence[bytes]) -> None:
-        if self._state() is not ConnectionState.OPEN:
+    async def send(self, messages: Sequence[bytes]) -> None:
+        if self._close_sent or self._closed:
             raise ConnectionClosed(self.close_code)
-        # Frames are already UTF-8 JSON, so they are framed here directly rather than
-        # decoded to str for wsproto to encode again; no extension is ever negotiated.
-        parts: list[bytes] = []
-        for frame in frames:
-            size = len(frame)
-            if size < 126:
-                parts.append(bytes((0x81, size)))
-            elif size < 65536:
-                parts.append(_HEADER_16.pack(0x81, 126, size))
-            else:
-                parts.append(_HEADER_64.pack(0x81, 127, size))
-            parts.append(frame)
-        await self._send_bytes(b"".join(parts))
+        # Messages are already UTF-8 JSON: framed as they are, no decode and re-encode.
+        await self._send_bytes(frames.text_frames(messages))
 
     async def _send_bytes(self, data: bytes) -> None:
         if self._broken:
@@ -220,36 +194,33 @@ class WebSocketConnection:
         if self._closed:
             return
         try:
-            if self.timed_out and not self._broken and self._ws.state is ConnectionState.OPEN:
+            if self._broken or self._close_sent:
+                return
+            self._close_sent = True
+            if self.timed_out:
                 # Presumed dead: one try at telling it why, no waiting for an answer.
                 with trio.move_on_after(TIMED_OUT_CLOSE_SECONDS):
-                    await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
+                    await self._send_bytes(frames.close_frame(code, reason))
                 return
-            if not self._broken and self._ws.state is ConnectionState.OPEN:
-                await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
-                # Hanging up with unread input would make the kernel send RST, and the
-                # client could lose our close frame; so read until it answers or goes.
-                while self._state() is ConnectionState.LOCAL_CLOSING:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        break
-                    self._ws.receive_data(bytes(data))
-                    for _ in self._ws.events():
-                        pass
+            await self._send_bytes(frames.close_frame(code, reason))
+            # Hanging up with unread input would make the kernel send RST, and the
+            # client could lose our close frame; so read until it answers or goes.
+            while True:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                if any(type(e) is frames.Close for e in self._reader.feed(bytes(data))):
+                    return
         except (
             ConnectionClosed,
+            ProtocolViolation,
+            MessageTooLarge,
             trio.BrokenResourceError,
             trio.ClosedResourceError,
-            RemoteProtocolError,
-            LocalProtocolError,
         ):
             pass
         finally:
             await self._abort()
-
-    def _state(self) -> ConnectionState:
-        # A method, not the property, so type checkers do not pin it across awaits.
-        return self._ws.state
 
     async def _abort(self) -> None:
         self._closed = True
@@ -325,9 +296,16 @@ async def accept_websocket(
         log.info("refused a WebSocket from %s: Origin %r", remote, headers.get("origin"))
         await _plain_response(stream, 403, "this Origin may not open a signaling WebSocket\n")
         return None
+    # Bytes the client sent right behind its request (frames, already) are still in
+    # wsproto's HTTP parser; they go to meshroom's frame reader instead.
+    initial = bytes(ws.handshake._h11_connection.trailing_data[0])
     await stream.send_all(ws.send(AcceptConnection()))
     conn = WebSocketConnection(
-        stream, ws, remote=remote, max_message_bytes=max_message_bytes, heartbeat=heartbeat
+        stream,
+        remote=remote,
+        max_message_bytes=max_message_bytes,
+        heartbeat=heartbeat,
+        initial=initial,
     )
     return conn, Upgrade(path=target.path, query=parse_qs(target.query), headers=headers)
 
