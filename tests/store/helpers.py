@@ -20,6 +20,7 @@ from meshroom import Role, mint_token
 from meshroom.auth import TokenKeys
 from meshroom.core import ConnectionClosed, Hub, HubConfig
 from meshroom.core.attendance import AttendanceConfig
+from meshroom.core.connection import ConnectionTimedOut
 from meshroom.store import AttendanceRecord, Meeting, MeetingStatus, SqlStore
 
 SECRET = "store-tests-secret-" + "x" * 40
@@ -39,6 +40,7 @@ class FakeConnection:
         self._outbound_send, self._outbound = trio.open_memory_channel[bytes](math.inf)
         self.close_code: int | None = None
         self.closed = trio.Event()
+        self.timed_out = False
         # Set when Hub.serve returned: the session is over and its leave recorded (or queued).
         self.served = trio.Event()
 
@@ -50,6 +52,8 @@ class FakeConnection:
         try:
             return await self._inbound.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.timed_out:
+                raise ConnectionTimedOut(None, "heartbeat timeout") from None
             raise ConnectionClosed(self.close_code or 1006) from None
 
     async def send(self, frames: Sequence[bytes | str]) -> None:
@@ -75,6 +79,11 @@ class FakeConnection:
 
     def disconnect(self) -> None:
         """The network goes away: the server's next receive fails."""
+        self._inbound_send.close()
+
+    def stop_answering(self) -> None:
+        """The client stops answering heartbeats: the transport gives up on it."""
+        self.timed_out = True
         self._inbound_send.close()
 
     async def wait_for(self, event: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import trio
 
@@ -53,6 +55,34 @@ async def test_disconnect(store):
             ann.disconnect()
             await ann.served.wait()
         closed((await h.rows(meeting))["ann"][0], "disconnected")
+
+
+async def test_heartbeat_timeout(store):
+    async with running_hub(store) as h:
+        meeting = await h.live_meeting()
+        with trio.fail_after(10):
+            ann = await h.join(meeting, "ann")
+            ann.stop_answering()
+            await ann.served.wait()
+        closed((await h.rows(meeting))["ann"][0], "timeout")
+
+
+async def test_drop_without_resume_leaves_when_it_dropped(store):
+    """A dropped peer keeps its place for a resume; if none comes, it left at the drop."""
+    config = HubConfig(close_timeout=1.0, auth_timeout=5.0, resume_grace=0.5)
+    async with running_hub(store, config=config) as h:
+        meeting = await h.live_meeting()
+        with trio.fail_after(10):
+            ann = await h.join(meeting, "ann")
+            peer = h.hub.rooms[meeting.id].peers["ann"]
+            dropped = dt.datetime.now(dt.UTC)
+            ann.disconnect()
+            await peer.finished.wait()  # the membership, not just the connection, is over
+            waited = dt.datetime.now(dt.UTC)
+        (row,) = (await h.rows(meeting))["ann"]
+        closed(row, "disconnected")
+        assert row.left_at is not None
+        assert dropped <= row.left_at < waited - dt.timedelta(seconds=0.4)
 
 
 async def test_kick(store):
