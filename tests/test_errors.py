@@ -205,6 +205,9 @@ async def test_slow_consumer_is_disconnected_and_the_sender_never_blocks(tmp_pat
                 assert frames[0]["event"] == "room:joined"
                 offers = [f for f in frames if f["event"] == "signal:offer"]
                 assert offers and all(f["data"]["fromEmpId"] == "alice" for f in offers)
+                # ... and, last, the notice saying why (its full queue was dropped for it).
+                assert frames[-1]["event"] == "session:closed"
+                assert frames[-1]["data"]["reason"] == "slow-consumer"
                 await slow_peer.finished.wait()  # its leave is written
             rows = await server.store.attendance_for_meeting(meeting.id)
             server.server.request_shutdown()

@@ -20,6 +20,7 @@ window runs out: then it leaves, as of the moment its connection dropped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -61,6 +62,8 @@ SIGNAL_PAYLOADS: Final = {
 }
 # Frames a writer sends in one go when its queue has backed up.
 WRITE_BATCH: Final = 256
+# A reader lets the other tasks (the targets' writers) run after this many frames.
+YIELD_EVERY: Final = 32
 # One relayed signal in this many is timed for the relay latency histogram.
 LATENCY_SAMPLE_EVERY: Final = 32
 
@@ -334,6 +337,10 @@ class Room:
                 if outcome is _Outcome.END:
                     exit = peer.exit or exits.DISCONNECTED
                     self._remove(peer, exit, cancel=False)
+                    if exit.reason is LeaveReason.SLOW_CONSUMER:
+                        # Its queue is full of frames it will never use: drop them, so the
+                        # notice saying why it is cut off is next in line.
+                        _discard_queued(peer)
                     for frame in exit.frames():
                         self._send(peer, frame)
                     # The writer drains what is queued (the notices last), then stops; a
@@ -411,7 +418,14 @@ class Room:
         handlers = self._handlers
         config = self.hub.config
         limiter = rate_limiter(config.rate_limit, config.rate_burst)
+        handled = 0
         while not peer.is_superseded():
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # One network read can hold hundreds of frames; without a pause here the
+                # targets' writers would not run until all are relayed, and a burst
+                # could overflow a reader that is not slow at all.
+                await trio.lowlevel.checkpoint()
             peer.receiving = True  # only then may a resume cancel this reader (see resume)
             try:
                 message: str | bytes | MessageTooLarge = await conn.receive()
@@ -683,3 +697,9 @@ def _rate_limited(message: str | bytes | MessageTooLarge) -> bytes:
 
 def _refusal(request: Request, code: ErrorCode, message: str) -> ProtocolError:
     return ProtocolError(code, message, request_id=request.id, event=request.event)
+
+
+def _discard_queued(peer: Peer) -> None:
+    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+        while True:
+            peer.outbox_reader.receive_nowait()
