@@ -105,7 +105,7 @@ class Settings:
         default=65536, metadata={"help": "largest client frame; bigger ones get FRAME_TOO_LARGE"}
     )
     outbox_size: int = field(
-        default=1024, metadata={"help": "frames queued per peer before it counts as too slow"}
+        default=2048, metadata={"help": "frames queued per peer before it counts as too slow"}
     )
     duplicate_policy: str = field(
         default="replace",
@@ -124,11 +124,14 @@ class Settings:
         metadata={"help": "seconds a dropped peer keeps its place for a resume; 0 = no resume"},
     )
     rate_limit: float = field(
-        default=100.0,
+        default=200.0,
         metadata={"help": "frames per second a connection may send on average; 0 = no limit"},
     )
     rate_burst: int = field(
-        default=500, metadata={"help": "frames a connection may send at once (token bucket size)"}
+        # A newcomer to a 50-peer mesh sends ~50 offers and a few hundred ICE candidates
+        # in its first second; the burst allows that, and stays below outbox_size so one
+        # sender alone cannot overflow a prompt reader's queue.
+        default=1000, metadata={"help": "frames a connection may send at once (token bucket size)"}
     )
     max_room_peers: int = field(
         default=100, metadata={"help": "peers in one room (ROOM_FULL past it); 0 = no limit"}
@@ -346,6 +349,11 @@ def _read(path: str, what: str) -> str:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
 
 
+def _table_flag(f: dataclasses.Field[Any]) -> str:
+    name = flag_name(f.name)
+    return f"{name}`, `--no-{name[2:]}" if str(f.type).startswith("bool") else name
+
+
 def settings_table() -> str:
     """The Markdown table of every setting, as the README shows it."""
     lines = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
@@ -353,7 +361,7 @@ def settings_table() -> str:
         default = f.default
         shown = "(none)" if default is None else "(empty)" if default == "" else f"`{default}`"
         lines.append(
-            f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |"
+            f"| `{_table_flag(f)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |"
         )
     return "\n".join(lines)
 

@@ -63,15 +63,15 @@ class DuplicatePolicy(enum.StrEnum):
 class HubConfig:
     auth_timeout: float = 10.0
     close_timeout: float = 5.0
-    outbox_size: int = 1024
+    outbox_size: int = 2048
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
     ice: IceConfig = field(default_factory=IceConfig)
     # Seconds a peer whose connection dropped keeps its place for a resume. Off (0) in
     # the core's defaults; ``meshroom serve`` turns it on (Settings.resume_grace).
     resume_grace: float = 0.0
     # Frames per second a connection may send on average, and at once (0 = no limit).
-    rate_limit: float = 100.0
-    rate_burst: float = 500.0
+    rate_limit: float = 200.0
+    rate_burst: float = 1000.0
     max_room_peers: int = 100  # 0 = no limit
     max_connections: int = 10000  # per process, over every transport; 0 = no limit
     # The reconnect hint of server:shutdown, in seconds (each peer gets 1x to 2x of it).

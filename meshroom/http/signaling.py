@@ -38,8 +38,12 @@ class QuartConnection:
             with trio.CancelScope() as scope:
                 self._receive_scope = scope
                 message: str | bytes = await self._ws.receive()
-                if len(message) > self._max:
-                    raise MessageTooLarge(len(message), self._max)
+                # The limit is in bytes, as on the standalone listener; a str can only be
+                # over it if its character count exceeds a quarter of the limit.
+                if len(message) * 4 > self._max:
+                    size = len(message.encode() if isinstance(message, str) else message)
+                    if size > self._max:
+                        raise MessageTooLarge(size, self._max)
                 return message
         raise ConnectionClosed(1006, "client disconnected")
 
