@@ -157,7 +157,10 @@ class Server:
         config.bind = [f"{host}:{settings.http_port}"]
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")  # through meshroom's logging setup
-        config.graceful_timeout = settings.close_timeout
+        # By the time hypercorn is told to stop, the hub has closed every peer, so only
+        # short HTTP requests can be in flight. Waiting longer would only wait for
+        # hypercorn's WebSocket ping tasks, which outlive their closed connections.
+        config.graceful_timeout = min(1.0, settings.close_timeout)
         # Hypercorn buffers a whole message before the app sees it; the app then
         # answers FRAME_TOO_LARGE for anything over max_message_bytes.
         config.websocket_max_message_size = max(4 * settings.max_message_bytes, 1 << 20)
