@@ -1,0 +1,486 @@
+"""Hostile connection patterns over loopback: the server answers each as documented and
+keeps serving everyone else, and nothing is left behind (slots, rooms, open rows).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.lowlevel
+from _rawws import RawClient, raw_client
+from _signaling import ping
+from conftest import RunningServer, server_settings, start_server
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wsproto.events import CloseConnection, TextMessage
+
+from meshroom import Role
+from meshroom.client import JoinRefused, connect
+from meshroom.core.limits import ConnectionSlots
+from meshroom.protocol import ErrorCode, ProtocolError, decode_request
+
+DEADLINE = 20
+
+
+class Quiet:
+    """Waits until the server holds no more than ``n`` connections (no polling)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.released = trio.Event()
+        release = ConnectionSlots.release
+
+        def release_and_tell(slots: ConnectionSlots) -> None:
+            release(slots)
+            self.released.set()
+
+        monkeypatch.setattr(ConnectionSlots, "release", release_and_tell)
+
+    async def until(self, server: RunningServer, n: int = 0) -> None:
+        while server.hub.slots.open > n:
+            self.released = trio.Event()
+            await self.released.wait()
+
+
+@pytest.fixture
+def quiet(monkeypatch: pytest.MonkeyPatch) -> Quiet:
+    return Quiet(monkeypatch)
+
+
+async def _all_rows_closed(server: RunningServer, meeting_id: str) -> list[tuple[str, str]]:
+    rows = await server.store.attendance_for_meeting(meeting_id)
+    assert all(r.left_at is not None for r in rows), rows
+    return sorted((r.emp_id, r.leave_reason or "") for r in rows)
+
+
+def _healthy(server: RunningServer) -> None:
+    hub = server.hub
+    assert hub.rooms == {}
+    assert not hub._joining and not hub._unjoined
+    assert len(hub._employee_locks) == 0 and len(hub._room_locks) == 0
+
+
+# Connect and say nothing, at scale
+
+
+async def test_hundreds_of_idle_sockets_are_cut_off_while_a_peer_is_served(tmp_path, quiet):
+    auth_timeout = 1.0
+    # (No rate limit: alice relays flat out for as long as the idlers last.)
+    settings_ = server_settings(tmp_path, auth_timeout=auth_timeout, rate_limit=0)
+    silent, dribbling, unauthenticated = 300, 100, 100
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, settings_)
+            meeting = await server.meeting()
+            host, port = "127.0.0.1", server.server.port
+            assert port is not None
+            cut_off_after: list[float] = []
+            auth_timeouts: list[tuple[int | None, list[str]]] = []
+
+            async def say_nothing() -> None:
+                stream = await trio.open_tcp_stream(host, port)
+                start = trio.current_time()
+                async with stream:
+                    while await stream.receive_some(4096):
+                        pass
+                cut_off_after.append(trio.current_time() - start)
+
+            async def dribble() -> None:
+                # Slowloris: an HTTP request that never ends, a header byte at a time.
+                stream = await trio.open_tcp_stream(host, port)
+                start = trio.current_time()
+                async with stream:
+                    try:
+                        await stream.send_all(b"GET /meetings HTTP/1.1\r\nHost: x\r\n")
+                        while True:
+                            await stream.send_all(b"X")
+                            with trio.move_on_after(0.1):
+                                if not await stream.receive_some(4096):
+                                    break
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                cut_off_after.append(trio.current_time() - start)
+
+            async def open_and_wait() -> None:
+                async with raw_client(server.url) as client:
+                    start = trio.current_time()
+                    frames = await client.frames_until_closed()
+                    cut_off_after.append(trio.current_time() - start)
+                    auth_timeouts.append((client.close_code, [f["data"]["code"] for f in frames]))
+
+            async with trio.open_nursery() as idlers:
+                for _ in range(silent):
+                    idlers.start_soon(say_nothing)
+                for _ in range(dribbling):
+                    idlers.start_soon(dribble)
+                for _ in range(unauthenticated):
+                    idlers.start_soon(open_and_wait)
+                # Meanwhile, business as usual, and promptly, until the last idler is gone.
+                async with (
+                    connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice,
+                    connect(server.url, server.token(meeting, "bob")) as bob,
+                ):
+                    worst, round_trips = 0.0, 0
+                    while len(cut_off_after) < silent + dribbling + unauthenticated:
+                        start = trio.current_time()
+                        await alice.offer("bob", {"type": "offer", "sdp": str(round_trips)})
+                        assert (await bob.next_event()).name in ("peer:joined", "signal:offer")
+                        await ping(alice)
+                        worst = max(worst, trio.current_time() - start)
+                        round_trips += 1
+                    await alice.leave()
+                    await bob.leave()
+            assert len(cut_off_after) == silent + dribbling + unauthenticated
+            assert max(cut_off_after) < auth_timeout + 1.5
+            assert set(map(tuple, ((c, tuple(f)) for c, f in auth_timeouts))) == {
+                (4002, ("AUTH_TIMEOUT",))
+            }
+            assert worst < 0.5, f"a relay round trip took {worst:.3f} s under the idle flood"
+            await quiet.until(server)
+            assert server.hub.metrics.rejections.labels("auth-timeout")._value.get() == 100
+            server.server.request_shutdown()
+
+
+# Disconnect at every step of the handshake
+
+
+async def _tcp_then_close(server: RunningServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+    await stream.aclose()
+
+
+async def _half_request_then_close(server: RunningServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+    await stream.send_all(b"GET /meetings HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: webs")
+    await stream.aclose()
+
+
+async def _request_then_close_before_the_answer(server: RunningServer) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+    await stream.send_all(
+        b"GET /meetings HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await trio.aclose_forcefully(stream)
+
+
+async def _open_then_abort(server: RunningServer) -> None:
+    async with raw_client(server.url) as client:
+        await client.abort()
+
+
+async def _half_an_auth_frame_then_abort(server: RunningServer) -> None:
+    async with raw_client(server.url) as client:
+        frame = client.ws.send(
+            TextMessage(data='{"event":"auth","data":{"meetingAccessToken":"x"}}')
+        )
+        await client.stream.send_all(frame[: len(frame) // 2])
+        await client.abort()
+
+
+def _auth_then_abort(with_token: Callable[[RunningServer], str]) -> Callable[..., Awaitable[None]]:
+    async def scenario(server: RunningServer) -> None:
+        async with raw_client(server.url) as client:
+            await client.send_json("auth", {"meetingAccessToken": with_token(server)}, id=0)
+            await client.abort()  # before room:joined can arrive
+
+    return scenario
+
+
+def _joined_then_abort() -> Callable[..., Awaitable[None]]:
+    async def scenario(server: RunningServer) -> None:
+        async with raw_client(server.url) as client:
+            joined = await client.authenticate(server.token(server.meeting_id, "mallory"))
+            assert joined["event"] == "room:joined"
+            await client.abort()
+
+    return scenario
+
+
+async def _close_frame_before_auth(server: RunningServer) -> None:
+    async with raw_client(server.url) as client:
+        await client.stream.send_all(client.ws.send(CloseConnection(code=1000)))
+        await client.frames_until_closed()
+
+
+HANDSHAKE_STEPS = {
+    "tcp-only": _tcp_then_close,
+    "half-an-http-request": _half_request_then_close,
+    "request-then-gone": _request_then_close_before_the_answer,
+    "upgraded-then-gone": _open_then_abort,
+    "half-an-auth-frame": _half_an_auth_frame_then_abort,
+    "bad-token-then-gone": _auth_then_abort(lambda s: "not-a-token"),
+    "auth-then-gone": _auth_then_abort(lambda s: s.token(s.meeting_id, "mallory")),
+    "joined-then-gone": _joined_then_abort(),
+    "close-frame-before-auth": _close_frame_before_auth,
+}
+
+
+@pytest.mark.parametrize("step", list(HANDSHAKE_STEPS))
+async def test_disconnect_at_every_step_of_the_handshake(tmp_path, quiet, step):
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, server_settings(tmp_path))
+            meeting = await server.meeting()
+            server.meeting_id = meeting.id  # type: ignore[attr-defined]
+            for _ in range(5):
+                await HANDSHAKE_STEPS[step](server)
+            await quiet.until(server)
+            _healthy(server)
+            # Every row an admitted join opened is closed (the peer was gone).
+            rows = await _all_rows_closed(server, meeting.id)
+            assert {reason for _, reason in rows} <= {"disconnected"}
+            # And the server serves the next one as if nothing happened.
+            async with connect(server.url, server.token(meeting, "alice")) as alice:
+                await ping(alice)
+                await alice.leave()
+            server.server.request_shutdown()
+
+
+# Disconnect at every step of a relay
+
+
+async def test_sender_gone_right_after_a_relay(server, quiet):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with connect(server.url, server.token(meeting, "bob")) as bob:
+            for n in range(10):
+                async with raw_client(server.url) as alice:
+                    joined = await alice.authenticate(server.token(meeting, "alice"))
+                    assert joined["event"] == "room:joined"
+                    await alice.send_json(
+                        "signal:offer", {"targetEmpId": "bob", "offer": {"sdp": str(n)}}
+                    )
+                    await alice.abort()
+                # What alice sent before she went still arrives, then her leave.
+                offer = await bob.wait_for("signal:offer")
+                assert offer.data == {"fromEmpId": "alice", "offer": {"sdp": str(n)}}
+                left = await bob.wait_for("peer:left", empId="alice")
+                assert left.data["reason"] == "disconnected"
+            await ping(bob)
+            await bob.leave()
+        await quiet.until(server)
+        _healthy(server)
+
+
+async def test_target_gone_in_the_middle_of_a_stream_of_signals(server, quiet):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with connect(server.url, server.token(meeting, "alice")) as alice:
+            for _ in range(5):
+                async with raw_client(server.url) as bob:
+                    joined = await bob.authenticate(server.token(meeting, "bob"))
+                    assert joined["event"] == "room:joined"
+                    await alice.wait_for("peer:joined", empId="bob")
+                    answers: list[str] = []
+
+                    async def stream(answers: list[str] = answers) -> None:
+                        for n in range(200):
+                            try:
+                                await alice.request(
+                                    "signal:ice", {"targetEmpId": "bob", "candidate": {"n": n}}
+                                )
+                                answers.append("ack")
+                            except Exception as exc:  # MeshroomError
+                                answers.append(getattr(exc, "code", repr(exc)))
+
+                    async with trio.open_nursery() as n:
+                        n.start_soon(stream)
+                        await trio.lowlevel.checkpoint()  # let the stream start
+                        await bob.abort()
+                # Acks until the server saw bob go, then TARGET_NOT_FOUND; nothing else.
+                assert set(answers) <= {"ack", "TARGET_NOT_FOUND"}
+                assert answers[-1] == "TARGET_NOT_FOUND"
+                assert answers == sorted(answers, key=lambda a: a != "ack")
+                await alice.wait_for("peer:left", empId="bob")
+            await ping(alice)
+            await alice.leave()
+        await quiet.until(server)
+        _healthy(server)
+
+
+# A flood of joins and leaves of one employee
+
+
+async def test_a_flood_of_joins_and_leaves_of_one_employee(tmp_path, quiet):
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, server_settings(tmp_path))
+            meeting = await server.meeting()
+            joined = 0
+
+            async def cycles(worker: int) -> None:
+                nonlocal joined
+                for n in range(10):
+                    try:
+                        async with raw_client(server.url) as flood:
+                            first = await flood.authenticate(server.token(meeting, "flood"))
+                            if first["event"] != "room:joined":
+                                continue
+                            joined += 1
+                            if (worker + n) % 3 == 0:
+                                await flood.abort()
+                            elif (worker + n) % 3 == 1:
+                                await flood.send_json("peer:leave", id=1)
+                                await flood.frames_until_closed()
+                            else:  # a close frame, no leave: a disconnect
+                                close = CloseConnection(code=1000)
+                                await flood.stream.send_all(flood.ws.send(close))
+                                await flood.frames_until_closed()
+                    except (AssertionError, ConnectionError, trio.BrokenResourceError):
+                        pass  # replaced by a sibling before it could read room:joined
+
+            async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
+                async with trio.open_nursery() as workers:
+                    for worker in range(20):
+                        workers.start_soon(cycles, worker)
+                await quiet.until(server, 1)  # every flood connection is done with
+                await ping(alice)  # and everything the room told alice has arrived
+                # Alice saw a consistent story: joined, left, joined, left...
+                story = []
+                while True:
+                    try:
+                        event = alice._events.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if event.data.get("empId") == "flood":
+                        story.append(event.name)
+                assert story[0] == "peer:joined" and story[-1] == "peer:left"
+                assert all(a != b for a, b in itertools.pairwise(story)), story
+                assert server.hub.live_peers(meeting.id)[0]["empId"] == "alice"
+                assert len(server.hub.live_peers(meeting.id)) == 1
+                await alice.leave()
+            await quiet.until(server)
+            _healthy(server)
+            rows = await _all_rows_closed(server, meeting.id)
+            flood_rows = [reason for emp, reason in rows if emp == "flood"]
+            assert len(flood_rows) >= joined
+            assert set(flood_rows) <= {"left", "disconnected", "replaced"}
+            server.server.request_shutdown()
+
+
+# Oversized, binary and deeply nested frames
+
+
+async def _frame_with_a_huge_length(client: RawClient, length: int, sent: int) -> None:
+    mask = b"\x01\x02\x03\x04"
+    header = struct.pack("!BBQ", 0x81, 0x80 | 127, length) + mask
+    await client.stream.send_all(header + b"x" * sent)
+
+
+async def test_oversized_frames_cost_an_error_not_the_connection_nor_the_memory(tmp_path):
+    settings_ = server_settings(tmp_path, max_message_bytes=64 * 1024)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, settings_)
+            meeting = await server.meeting()
+            async with raw_client(server.url) as client:
+                assert (await client.authenticate(server.token(meeting, "a")))["event"] == (
+                    "room:joined"
+                )
+                for size in (64 * 1024 + 1, 4 * 2**20):
+                    await client.send_text('{"event":"ping","data":{"x":"' + "y" * size + '"}}')
+                    error = await client.receive_json()
+                    assert error["data"]["code"] == "FRAME_TOO_LARGE"
+                await client.send_json("ping", id=2)
+                assert (await client.receive_json())["event"] == "ack"
+            # A header claiming 2^62 bytes: read and dropped as it comes, never buffered.
+            async with raw_client(server.url) as client:
+                assert (await client.authenticate(server.token(meeting, "b")))["event"] == (
+                    "room:joined"
+                )
+                await _frame_with_a_huge_length(client, 2**62, 8 * 2**20)
+                await client.abort()
+            async with connect(server.url, server.token(meeting, "c")) as c:
+                await ping(c)
+            server.server.request_shutdown()
+
+
+async def test_binary_and_oversized_first_frames_are_refused_with_4000(server):
+    with trio.fail_after(DEADLINE):
+        for send in (
+            lambda c: c.send_bytes(b"\x00\x01binary"),
+            lambda c: c.send_text("x" * (server.settings.max_message_bytes + 1)),
+            lambda c: c.send_text("[" * 50_000),
+        ):
+            async with raw_client(server.url) as client:
+                await send(client)
+                frames = await client.frames_until_closed()
+                assert [f["data"]["code"] for f in frames] == ["AUTH_REQUIRED"]
+                assert client.close_code == 4000
+
+
+@pytest.mark.parametrize("depth", [2_000, 30_000])
+async def test_deeply_nested_json_is_bad_json_and_the_connection_survives(server, depth):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with raw_client(server.url) as client:
+            assert (await client.authenticate(server.token(meeting, "a")))["event"] == (
+                "room:joined"
+            )
+            for text in (
+                "[" * depth + "]" * depth,
+                '{"event":"signal:offer","data":{"targetEmpId":"b","offer":'
+                + '{"a":' * depth
+                + "1"
+                + "}" * depth
+                + "}}",
+            ):
+                await client.send_text(text)
+                error = await client.receive_json()
+                assert error["event"] == "error"
+                assert error["data"]["code"] in ("BAD_JSON", "FRAME_TOO_LARGE")
+            await client.send_json("ping", id=3)
+            assert (await client.receive_json())["id"] == 3
+
+
+async def test_reasonably_nested_payloads_are_relayed_untouched(server):
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with (
+            connect(server.url, server.token(meeting, "a")) as a,
+            connect(server.url, server.token(meeting, "b")) as b,
+        ):
+            offer: dict = {"leaf": True}
+            for _ in range(100):
+                offer = {"nested": offer}
+            await a.offer("b", offer)
+            received = await b.wait_for("signal:offer")
+            assert received.data["offer"] == offer
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=512))
+def test_the_decoder_only_raises_protocol_errors_on_arbitrary_bytes(data):
+    try:
+        request = decode_request(data)
+    except ProtocolError as exc:
+        assert isinstance(exc.code, ErrorCode)
+    else:
+        assert isinstance(request.data, dict)
+
+
+def test_json_nesting_beyond_the_parsers_limit_is_bad_json():
+    for text in ("[" * 100_000, '{"a":' * 100_000, "[" * 2000 + "]" * 2000):
+        with pytest.raises(ProtocolError) as info:
+            decode_request(text)
+        assert info.value.code in (ErrorCode.BAD_JSON, ErrorCode.BAD_FRAME)
+    assert json.loads("[" * 500 + "]" * 500)  # (the stdlib agrees at small depths)
+
+
+async def test_join_refused_when_the_room_is_gone_mid_flood(server):
+    # Refusals never take the server down: a meeting that does not exist, a hundred times.
+    with trio.fail_after(DEADLINE):
+        for n in range(100):
+            with pytest.raises(JoinRefused) as refused:
+                async with connect(server.url, server.token(f"no-such-meeting-{n}", "x")):
+                    pass
+            assert refused.value.code == "MEETING_NOT_FOUND"
+        meeting = await server.meeting()
+        async with connect(server.url, server.token(meeting, "a")) as a:
+            await ping(a)
