@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
 from meshroom import Role, mint_token
@@ -25,6 +27,26 @@ SECRET = "memory-hub-secret-" + "x" * 40
 KEYS = TokenKeys("HS256", SECRET, SECRET, audience="meshroom", issuer="meshroom")
 
 _TIMED_OUT = object()  # queued into a connection: its next receive raises ConnectionTimedOut
+REAL_TIME_LIMIT = 30.0
+
+
+@pytest.fixture(name="real_time_watchdog")
+async def real_time_watchdog_fixture() -> AsyncIterator[None]:
+    """Fail a test still running after REAL_TIME_LIMIT seconds of wall-clock time.
+
+    Tests on a MockClock cannot use trio.fail_after (virtual time stands still while
+    they wait), so a regression that makes one wait forever would hang the run instead.
+    Request it as an argument: pytest-trio ignores async fixtures given by usefixtures.
+    """
+
+    async def watchdog() -> None:
+        await trio.to_thread.run_sync(time.sleep, REAL_TIME_LIMIT, abandon_on_cancel=True)
+        raise AssertionError(f"still running after {REAL_TIME_LIMIT:g} s of real time")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 class MemoryConnection:

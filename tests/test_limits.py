@@ -16,7 +16,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _memhub import memory_hub
+from _memhub import (
+    memory_hub,
+    real_time_watchdog_fixture,  # noqa: F401  (the real_time_watchdog fixture)
+)
 from _rawws import Refused, raw_client
 from conftest import server_settings, start_server
 from wsproto.utilities import RemoteProtocolError
@@ -111,7 +114,9 @@ def test_origin_policy(origin, allowed):
 # Rate limit in the room
 
 
-async def test_frames_over_the_rate_get_rate_limited_and_are_dropped(mock_clock):
+async def test_frames_over_the_rate_get_rate_limited_and_are_dropped(
+    mock_clock, real_time_watchdog
+):
     config = HubConfig(rate_limit=10, rate_burst=5)
     async with memory_hub(config) as h:
         meeting = await h.meeting()
@@ -137,7 +142,9 @@ async def test_frames_over_the_rate_get_rate_limited_and_are_dropped(mock_clock)
         assert not alice.closed.is_set()
 
 
-async def test_sustained_flood_is_closed_with_4012_and_leaves_as_rate_limited(mock_clock):
+async def test_sustained_flood_is_closed_with_4012_and_leaves_as_rate_limited(
+    mock_clock, real_time_watchdog
+):
     config = HubConfig(rate_limit=10, rate_burst=5)
     async with memory_hub(config) as h:
         meeting = await h.meeting()
@@ -160,7 +167,7 @@ async def test_sustained_flood_is_closed_with_4012_and_leaves_as_rate_limited(mo
         assert len(relayed) <= 5 + 10 * (n + 1) / 30 + 1
 
 
-async def test_a_rate_of_zero_turns_the_limit_off(mock_clock):
+async def test_a_rate_of_zero_turns_the_limit_off(mock_clock, real_time_watchdog):
     async with memory_hub(HubConfig(rate_limit=0)) as h:
         meeting = await h.meeting()
         alice, _ = await h.join(meeting, "alice")
@@ -173,7 +180,7 @@ async def test_a_rate_of_zero_turns_the_limit_off(mock_clock):
 # Room size
 
 
-async def test_a_full_room_refuses_with_room_full_and_4011(mock_clock):
+async def test_a_full_room_refuses_with_room_full_and_4011(mock_clock, real_time_watchdog):
     async with memory_hub(HubConfig(max_room_peers=2, resume_grace=15)) as h:
         meeting = await h.meeting()
         await h.join(meeting, "alice", Role.HOST)

@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from _memhub import MemoryConnection, MemoryHub, memory_hub
+from _memhub import (
+    MemoryConnection,
+    MemoryHub,
+    memory_hub,
+    real_time_watchdog_fixture,  # noqa: F401  (the real_time_watchdog fixture)
+)
 from _rawws import raw_client
 from _signaling import ping
 from conftest import server_settings, start_server
@@ -62,7 +67,9 @@ def _churn(conn: MemoryConnection, emp_id: str, since: int = 0) -> list[str]:
     ]
 
 
-async def test_snapshot_carries_a_resume_token_only_when_resume_is_on(mock_clock):
+async def test_snapshot_carries_a_resume_token_only_when_resume_is_on(
+    mock_clock, real_time_watchdog
+):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         _, alice = await _joined(h, meeting, "alice")
@@ -75,7 +82,9 @@ async def test_snapshot_carries_a_resume_token_only_when_resume_is_on(mock_clock
         assert "resumeToken" not in carol
 
 
-async def test_dropped_peer_resumes_with_its_queue_and_nobody_sees_churn(mock_clock):
+async def test_dropped_peer_resumes_with_its_queue_and_nobody_sees_churn(
+    mock_clock, real_time_watchdog
+):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -120,7 +129,7 @@ async def test_dropped_peer_resumes_with_its_queue_and_nobody_sees_churn(mock_cl
         assert len(rows) == 1 and rows[0].left_at is None
 
 
-async def test_after_the_window_it_is_a_leave_as_of_the_drop(mock_clock):
+async def test_after_the_window_it_is_a_leave_as_of_the_drop(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -147,7 +156,7 @@ async def test_after_the_window_it_is_a_leave_as_of_the_drop(mock_clock):
         await alice.wait_for("peer:joined", empId="bob")
 
 
-async def test_heartbeat_timeout_is_resumable_and_leaves_as_timeout(mock_clock):
+async def test_heartbeat_timeout_is_resumable_and_leaves_as_timeout(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -169,7 +178,7 @@ async def test_heartbeat_timeout_is_resumable_and_leaves_as_timeout(mock_clock):
         assert rows["bob"].left_at is None
 
 
-async def test_resume_credential_is_useless_to_another_employee(mock_clock):
+async def test_resume_credential_is_useless_to_another_employee(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -187,7 +196,7 @@ async def test_resume_credential_is_useless_to_another_employee(mock_clock):
         assert _churn(alice, "bob") == ["peer:joined"]  # when he first came
 
 
-async def test_resume_credential_is_single_use(mock_clock):
+async def test_resume_credential_is_single_use(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -207,7 +216,9 @@ async def test_resume_credential_is_single_use(mock_clock):
         assert h.hub.metrics.resumes.labels("resumed")._value.get() == 1
 
 
-async def test_a_wrong_token_for_the_right_employee_is_an_ordinary_join(mock_clock):
+async def test_a_wrong_token_for_the_right_employee_is_an_ordinary_join(
+    mock_clock, real_time_watchdog
+):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -222,7 +233,9 @@ async def test_a_wrong_token_for_the_right_employee_is_an_ordinary_join(mock_clo
         assert (await alice.wait_for("peer:left", empId="bob"))["data"]["reason"] == "replaced"
 
 
-async def test_resume_takes_over_a_connection_the_server_still_thinks_alive(mock_clock):
+async def test_resume_takes_over_a_connection_the_server_still_thinks_alive(
+    mock_clock, real_time_watchdog
+):
     # The client noticed the drop before the server did: its new connection resumes,
     # the old one is closed with 4013, nothing is lost, nobody sees churn.
     async with memory_hub(CONFIG) as h:
@@ -244,7 +257,7 @@ async def test_resume_takes_over_a_connection_the_server_still_thinks_alive(mock
         assert not bob2.served.is_set()
 
 
-async def test_a_request_in_flight_is_finished_before_a_takeover(mock_clock):
+async def test_a_request_in_flight_is_finished_before_a_takeover(mock_clock, real_time_watchdog):
     # A resume never cancels a host command halfway (a ban written but not enforced).
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
@@ -262,7 +275,9 @@ async def test_a_request_in_flight_is_finished_before_a_takeover(mock_clock):
 
 
 @pytest.mark.parametrize("removal", ["kick", "ban", "end"])
-async def test_a_detached_peer_can_be_removed_and_leaves_as_of_its_drop(mock_clock, removal):
+async def test_a_detached_peer_can_be_removed_and_leaves_as_of_its_drop(
+    mock_clock, real_time_watchdog, removal
+):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -291,7 +306,9 @@ async def test_a_detached_peer_can_be_removed_and_leaves_as_of_its_drop(mock_clo
             assert again["event"] == ("error" if removal == "ban" else "room:joined")
 
 
-async def test_detached_peer_whose_outbox_fills_up_is_dropped_as_slow(mock_clock):
+async def test_detached_peer_whose_outbox_fills_up_is_dropped_as_slow(
+    mock_clock, real_time_watchdog
+):
     config = HubConfig(close_timeout=1.0, resume_grace=GRACE, outbox_size=8, rate_limit=0)
     async with memory_hub(config) as h:
         meeting = await h.meeting()
@@ -308,7 +325,7 @@ async def test_detached_peer_whose_outbox_fills_up_is_dropped_as_slow(mock_clock
         assert rows["bob"].leave_reason == "slow-consumer"
 
 
-async def test_explicit_leave_is_final(mock_clock):
+async def test_explicit_leave_is_final(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await _joined(h, meeting, "alice", Role.HOST)
@@ -319,7 +336,7 @@ async def test_explicit_leave_is_final(mock_clock):
         assert again["event"] == "room:joined"
 
 
-async def test_a_detached_peer_keeps_an_otherwise_empty_room_open(mock_clock):
+async def test_a_detached_peer_keeps_an_otherwise_empty_room_open(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         bob, snapshot = await _joined(h, meeting, "bob")
@@ -333,7 +350,7 @@ async def test_a_detached_peer_keeps_an_otherwise_empty_room_open(mock_clock):
         assert h.room(meeting) is room
 
 
-async def test_empty_room_closes_after_the_last_window(mock_clock):
+async def test_empty_room_closes_after_the_last_window(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         bob, _ = await _joined(h, meeting, "bob")
@@ -346,7 +363,7 @@ async def test_empty_room_closes_after_the_last_window(mock_clock):
         assert h.room(meeting) is None
 
 
-async def test_heartbeats_do_not_count_a_detached_peer_as_present(mock_clock):
+async def test_heartbeats_do_not_count_a_detached_peer_as_present(mock_clock, real_time_watchdog):
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         _, _ = await _joined(h, meeting, "alice")
@@ -463,3 +480,72 @@ async def test_resume_is_off_when_the_grace_is_zero(tmp_path):
                 left = await alice.wait_for("peer:left", empId="bob")
                 assert left.data["reason"] == "disconnected"
             server.server.request_shutdown()
+
+
+class _SlowToClose(MemoryConnection):
+    """A connection whose close hangs until the test lets it go (a dead peer's socket)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.closing = trio.Event()
+        self.let_go = trio.Event()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closing.set()
+        await self.let_go.wait()
+        await super().close(code, reason)
+
+
+async def _join_slow_to_close(
+    h: MemoryHub, meeting: Any, emp_id: str
+) -> tuple[_SlowToClose, dict[str, Any]]:
+    conn = _SlowToClose(emp_id)
+    h.nursery.start_soon(h._serve, conn)
+    await conn.send_json("auth", {"meetingAccessToken": h.token(meeting, emp_id)}, id=0)
+    first = await conn.next_frame()
+    assert first["event"] == "room:joined"
+    return conn, first["data"]
+
+
+async def test_a_resume_while_the_dropped_connection_is_still_closing_is_not_kept_waiting(
+    mock_clock,
+    real_time_watchdog,
+):
+    async with memory_hub(CONFIG) as h:
+        meeting = await h.meeting()
+        alice, _ = await _joined(h, meeting, "alice", Role.HOST)
+        bob, snapshot = await _join_slow_to_close(h, meeting, "bob")
+        bob.drop()
+        await bob.closing.wait()  # the server is closing the dropped connection
+        bob2 = h.connect("bob")
+        await bob2.send_json(
+            "auth",
+            {"meetingAccessToken": h.token(meeting, "bob"), "resumeToken": snapshot["resumeToken"]},
+            id=0,
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        bob.let_go.set()
+        # No time passes (MockClock): room:resumed must not wait for the window to end.
+        resumed = await bob2.next_frame()
+        assert resumed["event"] == "room:resumed"
+        assert _churn(alice, "bob") == ["peer:joined"]
+
+
+async def test_a_kick_while_the_dropped_connection_is_still_closing_completes_at_once(
+    mock_clock,
+    real_time_watchdog,
+):
+    async with memory_hub(CONFIG) as h:
+        meeting = await h.meeting()
+        alice, _ = await _joined(h, meeting, "alice", Role.HOST)
+        bob, _ = await _join_slow_to_close(h, meeting, "bob")
+        peer = h.room(meeting).peers["bob"]
+        bob.drop()
+        await bob.closing.wait()
+        await alice.send_json("host:kick", {"targetEmpId": "bob"}, id=1)
+        await trio.testing.wait_all_tasks_blocked()
+        bob.let_go.set()
+        await _acked(alice, 1)  # without the window having to run out
+        assert peer.finished.is_set()
+        (row,) = [r for r in await h.store.attendance_for_meeting(meeting.id) if r.emp_id == "bob"]
+        assert row.leave_reason == "kicked"

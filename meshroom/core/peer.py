@@ -129,6 +129,7 @@ class Peer:
         self.detached = False
         self.receiving = False  # the reader is waiting for the client's next frame
         self.dropped_at: dt.datetime | None = None
+        self.grace_ends = 0.0  # trio.current_time() at which a kept place is given up
         self.takeover: Takeover | None = None
         # Frames taken from the outbox whose write failed: sent first on a resumed connection.
         self.unsent: list[bytes] = []

@@ -266,11 +266,12 @@ class Room:
         try:
             while True:
                 outcome = await self._run_session(peer, conn, done)
-                if outcome is _Outcome.DETACH:
+                # Closing the dropped connection took time: a resume or a removal may
+                # have come meanwhile, and then there is nothing to wait for.
+                if outcome is _Outcome.DETACH and self._session_end(peer) is _Outcome.DETACH:
                     peer.detached = True
-                    grace_ends = trio.current_time() + config.resume_grace
                     # A fresh scope: _remove and resume() cancel it, as they would a reader.
-                    with trio.CancelScope(deadline=grace_ends) as peer.read_scope:
+                    with trio.CancelScope(deadline=peer.grace_ends) as peer.read_scope:
                         await trio.sleep_forever()
                     peer.detached = False
                 takeover = peer.takeover
@@ -351,6 +352,7 @@ class Room:
                     # The outbox stays open for the next connection; the writer stops now.
                     if outcome is _Outcome.DETACH:
                         peer.dropped_at = utcnow()
+                        peer.grace_ends = trio.current_time() + config.resume_grace
                     nursery.cancel_scope.cancel()
         except Exception:
             log.exception("peer session %s in room %s failed", peer.emp_id, self.id)
