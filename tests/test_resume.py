@@ -549,3 +549,24 @@ async def test_a_kick_while_the_dropped_connection_is_still_closing_completes_at
         assert peer.finished.is_set()
         (row,) = [r for r in await h.store.attendance_for_meeting(meeting.id) if r.emp_id == "bob"]
         assert row.leave_reason == "kicked"
+
+
+async def test_a_queue_overflowing_while_the_dropped_connection_closes_ends_the_place(
+    mock_clock,
+    real_time_watchdog,
+):
+    config = HubConfig(close_timeout=1.0, resume_grace=GRACE, outbox_size=4, rate_limit=0)
+    async with memory_hub(config) as h:
+        meeting = await h.meeting()
+        alice, _ = await _joined(h, meeting, "alice", Role.HOST)
+        bob, _ = await _join_slow_to_close(h, meeting, "bob")
+        peer = h.room(meeting).peers["bob"]
+        bob.drop()
+        await bob.closing.wait()
+        for n in range(5):  # one more than bob's queue holds: a frame is lost to him
+            await _offer(alice, "bob", n)
+        await trio.testing.wait_all_tasks_blocked()
+        bob.let_go.set()
+        await peer.finished.wait()  # at once: no place is kept for a peer that lost frames
+        left = await alice.wait_for("peer:left", empId="bob")
+        assert left["data"]["reason"] == "slow-consumer"

@@ -246,7 +246,8 @@ class Room:
             # The peer reads slower than the room talks to it (or, detached, did not come
             # back before its outbox filled). Dropping frames would corrupt its WebRTC
             # negotiation, so it is disconnected instead.
-            if peer.exit is None or peer.detached:
+            if peer.exit is None or peer.exit.resumable:
+                # (A dropped peer whose queue overflows cannot resume: a frame is lost.)
                 peer.exit = exits.SLOW_CONSUMER
                 log.warning("disconnecting slow consumer %s in %s", peer.emp_id, self.id)
             peer.read_scope.cancel()
