@@ -249,6 +249,18 @@ def test_rs256_token_from_another_key_is_refused(rsa_keys):
     assert refused(forged, verifier) == "token signature is invalid"
 
 
+def test_an_unknown_key_id_does_not_select_another_key(rsa_keys):
+    """meshroom verifies with its one configured key: a `kid` naming some other key
+    changes nothing, so a token signed by that other key is refused."""
+    _private, public = rsa_keys
+    other_private, _ = rsa_pems()
+    verifier = TokenKeys("RS256", verify_key=public, signing_key=None)
+    forged = jwt.encode(
+        payload(), other_private, algorithm="RS256", headers={"kid": "rotated-2031"}
+    )
+    assert refused(forged, verifier) == "token signature is invalid"
+
+
 def test_verify_only_keys_cannot_mint(rsa_keys):
     verifier = TokenKeys("RS256", verify_key=rsa_keys[1], signing_key=None)
     with pytest.raises(TokenError, match="no signing key"):
