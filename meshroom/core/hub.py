@@ -76,6 +76,9 @@ class HubConfig:
     max_connections: int = 10000  # per process, over every transport; 0 = no limit
     # The reconnect hint of server:shutdown, in seconds (each peer gets 1x to 2x of it).
     shutdown_reconnect_after: float = 5.0
+    # Seconds a kicked employee is refused (KICKED, 4005) before it may join again. Off
+    # (0) in the core's defaults; ``meshroom serve`` sets it (Settings.kick_rejoin_block).
+    kick_rejoin_block: float = 0.0
 
 
 class JoinRefused(Exception):

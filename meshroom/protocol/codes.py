@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     MEETING_NOT_LIVE = "MEETING_NOT_LIVE"
     MEETING_ENDED = "MEETING_ENDED"
     BANNED = "BANNED"
+    KICKED = "KICKED"  # removed by a host moments ago: refused until kick_rejoin_block passes
     DUPLICATE_SESSION = "DUPLICATE_SESSION"
     ROOM_FULL = "ROOM_FULL"
     SHUTTING_DOWN = "SHUTTING_DOWN"
