@@ -7,6 +7,12 @@ reader parses every complete frame in its buffer in one pass, unmasks a
 payload with one big-integer XOR, and never copies a payload it will drop.
 
 No extension is ever negotiated, so any RSV bit is a protocol error.
+
+Limits are enforced at the header, before any payload is read: a control frame
+announcing more than 125 bytes (or not final) and an unknown opcode are closed
+with 1002 at once, and a data message whose announced size passes
+:func:`hard_message_limit` is closed with 1009 instead of being read and dropped
+byte by byte for as long as the client cares to trickle it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,20 @@ _U64: Final = struct.Struct("!Q")
 _HEADER_16: Final = struct.Struct("!BBH")
 _HEADER_64: Final = struct.Struct("!BBQ")
 _MAX_CONTROL_PAYLOAD: Final = 125
+_MAX_CLOSE_REASON: Final = 123  # a close frame's payload is a 2-byte code and the reason
+_OPCODES: Final = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG})
+# Past the hard limit, a message is not worth reading even to drop it.
+HARD_LIMIT_FACTOR: Final = 4
+HARD_LIMIT_FLOOR: Final = 1 << 20
+
+
+def hard_message_limit(max_message_bytes: int) -> int:
+    """The size past which a message closes the connection (1009) rather than being dropped.
+
+    ``max(4 * max_message_bytes, 1 MiB)``: the bound Hypercorn applies on the Quart route
+    (see ``meshroom.server``), so both routes give up on the same messages.
+    """
+    return max(HARD_LIMIT_FACTOR * max_message_bytes, HARD_LIMIT_FLOOR)
 
 
 @dataclass(slots=True)  # not frozen: one is made per message, and frozen init is slower
@@ -62,7 +82,11 @@ class Close:
 
 
 class ProtocolViolation(Exception):
-    """The client broke RFC 6455; close with ``code`` (1002, or 1007 for bad UTF-8)."""
+    """The client broke RFC 6455 or the hard size limit; close with ``code``.
+
+    1002 for a framing error, 1007 for invalid UTF-8, 1009 for a message announced
+    past :func:`hard_message_limit`.
+    """
 
     def __init__(self, reason: str, code: int = 1002) -> None:
         super().__init__(reason)
@@ -88,12 +112,15 @@ class FrameReader:
 
     Args:
         max_message_bytes: a data message larger than this is dropped (its
-            frames are still parsed) and reported as :class:`Oversized`.
+            frames are still parsed) and reported as :class:`Oversized`; one
+            announced past :func:`hard_message_limit` of it is a 1009
+            :class:`ProtocolViolation`.
     """
 
     def __init__(self, max_message_bytes: int) -> None:
         self._buffer = bytearray()
         self._max = max_message_bytes
+        self._hard = hard_message_limit(max_message_bytes)
         self._parts: list[bytes] = []
         self._size = 0
         self._opcode: int | None = None  # of the message being assembled
@@ -126,6 +153,12 @@ class FrameReader:
                 raise ProtocolViolation("client frames must be masked")
             opcode = first & 0x0F
             length = second & 0x7F
+            # Judged on the first two bytes, before any payload is waited for: a peer
+            # announcing a 1 TiB ping must not get to stream it.
+            if opcode not in _OPCODES:
+                raise ProtocolViolation(f"unknown opcode {opcode:#x}")
+            if opcode >= OP_CLOSE and (not first & 0x80 or length > _MAX_CONTROL_PAYLOAD):
+                raise ProtocolViolation("control frames must be whole and at most 125 bytes")
             header = 6
             if length == 126:
                 header = 8
@@ -141,6 +174,10 @@ class FrameReader:
                     raise ProtocolViolation("frame length has its top bit set")
             if end - offset < header:
                 break
+            if opcode < OP_CLOSE and self._size + length > self._hard:
+                raise ProtocolViolation(
+                    f"message of {self._size + length} bytes is far over the limit", 1009
+                )
             start = offset + header
             oversized = opcode < OP_CLOSE and self._size + length > self._max
             if end - start < length:
@@ -156,7 +193,7 @@ class FrameReader:
                 continue
             mask = bytes(buffer[start - 4 : start])
             if opcode >= OP_CLOSE:
-                events.append(self._control(first, opcode, unmask(buffer[start:offset], mask)))
+                events.append(self._control(opcode, unmask(buffer[start:offset], mask)))
             else:
                 event = self._data(first, opcode, length, buffer[start:offset], mask)
                 if event is not None:
@@ -211,15 +248,12 @@ class FrameReader:
                 raise ProtocolViolation("text message is not valid UTF-8", 1007) from None
         return Message(data, text)
 
-    def _control(self, first: int, opcode: int, payload: bytes) -> Event:
-        if not first & 0x80 or len(payload) > _MAX_CONTROL_PAYLOAD:
-            raise ProtocolViolation("control frames must be whole and at most 125 bytes")
+    def _control(self, opcode: int, payload: bytes) -> Event:
+        # FIN, size and opcode were checked at the header.
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
             return Pong(payload)
-        if opcode != OP_CLOSE:
-            raise ProtocolViolation(f"unknown opcode {opcode:#x}")
         if not payload:
             return Close(None, "")
         if len(payload) == 1:
