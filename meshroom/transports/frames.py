@@ -293,6 +293,21 @@ def text_frames(messages: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def close_reason(reason: str) -> bytes:
+    """``reason`` as UTF-8, cut to the 123 bytes a close frame has room for.
+
+    Cut on a character boundary: a close reason that is not valid UTF-8 makes a
+    standard client fail the connection (1007/1006) instead of reporting our code.
+    A lone surrogate (a str can hold one; UTF-8 cannot) becomes ``?``.
+    """
+    data = reason.encode("utf-8", "replace")
+    if len(data) <= _MAX_CLOSE_REASON:
+        return data
+    cut = _MAX_CLOSE_REASON
+    while data[cut] & 0xC0 == 0x80:  # data[cut] continues the character cut in two
+        cut -= 1
+    return data[:cut]
+
+
 def close_frame(code: int, reason: str = "") -> bytes:
-    payload = _U16.pack(code) + reason.encode("utf-8")[:123]
-    return frame(OP_CLOSE, payload)
+    return frame(OP_CLOSE, _U16.pack(code) + close_reason(reason))
