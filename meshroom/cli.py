@@ -6,14 +6,16 @@ Every failure a user can cause prints one line on stderr and exits non-zero.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
+import enum
+import errno
 import json
 import logging
-import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import trio
 
@@ -24,8 +26,13 @@ from .server import Server, open_store, wait_for_signal
 from .service import MeetingService
 from .store import InvalidTransition, Meeting, MeetingNotFound, MeetingStatus, StoreError
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
+EXIT_USAGE = 2  # a bad command line, flag, variable or settings file: nothing was started
+EXIT_FAILURE = 1  # the command ran and failed (database, port in use, server refused...)
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("meshroom.cli")
+
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 # Options every command that touches the database or tokens accepts.
 _SHARED = (
@@ -42,40 +49,55 @@ _SHARED = (
 )
 
 
+class CommandError(Exception):
+    """A command failed in a way the user can act on; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line: `serve`'s usage alone is forty."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _metavar(name: str) -> str:
+    return "PORT|off" if name == "http_port" else name.split("_")[-1].upper()
+
+
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
     group = parser.add_argument_group("settings (each also read from its MESHROOM_* variable)")
     for name in names:
-        f = fields[name]
-        kind = str(f.type)
-        if kind.startswith("bool"):
+        info = Settings.model_fields[name]
+        default = info.default.value if isinstance(info.default, enum.Enum) else info.default
+        if info.annotation is bool:
             group.add_argument(
                 flag_name(name),
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{f.metadata['help']} [{env_name(name)}=1 or 0; default: {f.default}]",
+                help=f"{info.description} [{env_name(name)}=1 or 0; default: {default}]",
             )
             continue
+        # Values stay text here: Settings checks type, bounds and cross-field rules in
+        # one place and names the flag in its one-line message, as it does for variables.
         group.add_argument(
             flag_name(name),
             dest=name,
-            type=int if kind.startswith("int") else float if kind.startswith("float") else str,
             default=None,
-            metavar=name.split("_")[-1].upper(),
-            help=f"{f.metadata['help']} [{env_name(name)}; default: {f.default}]",
+            metavar=_metavar(name),
+            help=f"{info.description} [{env_name(name)}; default: {default}]",
         )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="meshroom", description="WebRTC signaling server for peer-to-peer mesh meetings."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the signaling server")
-    _add_settings(serve, [f.name for f in dataclasses.fields(Settings)])
-    serve.set_defaults(run=cmd_serve)
+    _add_settings(serve, list(Settings.model_fields))
+    serve.set_defaults(run=cmd_serve, check=_check_serve)
 
     meeting = commands.add_parser("meeting", help="create, start, end, list and show meetings")
     meeting_commands = meeting.add_subparsers(
@@ -115,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="join a meeting from the terminal: print what arrives, send JSON lines you type",
     )
     connect.add_argument("token", help="a meeting access token (see `meshroom token`)")
-    connect.add_argument("--url", default="ws://127.0.0.1:8765/meetings", help="signaling URL")
+    connect.add_argument(
+        "--url",
+        type=_websocket_url,
+        default=None,
+        help=f"signaling URL (default: {_default_url_for_help()}, "
+        f"from {env_name('host')} and {env_name('port')})",
+    )
     connect.set_defaults(run=cmd_connect)
 
     db = commands.add_parser("db", help="database schema: upgrade it, show its revision")
@@ -141,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--json", action="store_true", help="print JSON")
         _add_settings(sub, _SHARED)
+        sub.set_defaults(check=_check_tokens)
     return parser
 
 
@@ -152,9 +181,60 @@ def _datetime(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _websocket_url(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a URL: {text!r} ({exc})") from None
+    if parts.scheme in ("http", "https"):
+        hint = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path}"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is an HTTP URL; the signaling WebSocket is {hint!r}"
+        )
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"not a WebSocket URL: {text!r} (expected ws://HOST:PORT/meetings or wss://...)"
+        )
+    return text
+
+
+def default_connect_url(settings: Settings) -> str:
+    """Where `meshroom serve` with these settings listens for signaling connections."""
+    # A server bound to every address is reached on this machine's loopback.
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "wss" if settings.tls_cert else "ws"
+    return f"{scheme}://{host}:{settings.port}/meetings"
+
+
+def _default_url_for_help() -> str:
+    try:
+        return default_connect_url(Settings.from_env())
+    except ConfigError:  # reported when the command runs; --help still works
+        return default_connect_url(Settings.model_construct())
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+    return Settings.from_env(**{name: getattr(args, name, None) for name in Settings.model_fields})
+
+
+def _check_tokens(settings: Settings) -> None:
+    settings.token_keys()
+
+
+def _check_serve(settings: Settings) -> None:
+    # What the server reads from files, read now: a missing TLS key or an unreadable
+    # secret is a settings mistake (exit 2), found before a port is opened.
+    settings.ssl_context()
+    settings.token_keys()
+    if settings.http_port is not None:
+        settings.api_key_list()
+
+
+def _no_check(settings: Settings) -> None:
+    pass
 
 
 def meeting_json(meeting: Meeting) -> dict[str, Any]:
@@ -184,26 +264,35 @@ def _print_meeting(meeting: Meeting, as_json: bool) -> None:
 async def _with_service(
     settings: Settings, work: Callable[[MeetingService], Awaitable[int]]
 ) -> int:
+    keys = settings.token_keys()
     store = open_store(settings)
     try:
         await store.open()
-        return await work(MeetingService(store, settings.token_keys()))
+        return await work(MeetingService(store, keys))
     finally:
         await store.close()
 
 
-def _run(args: argparse.Namespace, work: Callable[[MeetingService], Awaitable[int]]) -> int:
-    return trio.run(_with_service, _settings(args), work)
+def _run(settings: Settings, work: Callable[[MeetingService], Awaitable[int]]) -> int:
+    return trio.run(_with_service, settings, work)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     server = Server(settings)
-    trio.run(lambda: server.run(shutdown_trigger=wait_for_signal))
+    try:
+        trio.run(lambda: server.run(shutdown_trigger=wait_for_signal))
+    except Exception as exc:
+        # Server.run names the signaling port itself (a ConfigError); a bare bind error
+        # is the HTTP listener's, which hypercorn raises from inside its own nurseries.
+        for leaf in _leaves(exc):
+            if isinstance(leaf, OSError) and leaf.errno in _BIND_ERRORS:
+                where = f"{settings.host}:{settings.http_port}"
+                raise CommandError(f"cannot listen on {where} (HTTP): {leaf.strerror}") from exc
+        raise
     return 0
 
 
-def cmd_meeting_create(args: argparse.Namespace) -> int:
+def cmd_meeting_create(args: argparse.Namespace, settings: Settings) -> int:
     async def work(service: MeetingService) -> int:
         meeting = await service.create(
             title=args.title,
@@ -214,10 +303,10 @@ def cmd_meeting_create(args: argparse.Namespace) -> int:
         _print_meeting(meeting, args.json)
         return 0
 
-    return _run(args, work)
+    return _run(settings, work)
 
 
-def cmd_meeting_action(args: argparse.Namespace) -> int:
+def cmd_meeting_action(args: argparse.Namespace, settings: Settings) -> int:
     async def work(service: MeetingService) -> int:
         if args.action == "start":
             meeting = await service.start(args.meeting)
@@ -228,10 +317,10 @@ def cmd_meeting_action(args: argparse.Namespace) -> int:
         _print_meeting(meeting, args.json)
         return 0
 
-    return _run(args, work)
+    return _run(settings, work)
 
 
-def cmd_meeting_list(args: argparse.Namespace) -> int:
+def cmd_meeting_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(service: MeetingService) -> int:
         status = MeetingStatus(args.status) if args.status else None
         meetings, _total = await service.list_meetings(status=status, limit=args.limit)
@@ -239,10 +328,10 @@ def cmd_meeting_list(args: argparse.Namespace) -> int:
             _print_meeting(meeting, args.json)
         return 0
 
-    return _run(args, work)
+    return _run(settings, work)
 
 
-def cmd_token(args: argparse.Namespace) -> int:
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     async def work(service: MeetingService) -> int:
         issued = await service.issue_token(
             args.meeting,
@@ -265,11 +354,13 @@ def cmd_token(args: argparse.Namespace) -> int:
             print(issued.token)
         return 0
 
-    return _run(args, work)
+    return _run(settings, work)
 
 
-def cmd_connect(args: argparse.Namespace) -> int:
-    from .client import JoinRefused, connect
+def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
+    from .client import connect
+
+    url: str = args.url or default_connect_url(settings)
 
     async def pump_stdin(peer: Any) -> None:
         stdin = trio.wrap_file(sys.stdin)
@@ -279,30 +370,70 @@ def cmd_connect(args: argparse.Namespace) -> int:
         await peer.close()
 
     async def session() -> int:
-        try:
-            async with connect(args.url, args.token) as peer, trio.open_nursery() as nursery:
-                print(json.dumps({"event": "room:joined", "data": peer.snapshot}), flush=True)
-                nursery.start_soon(pump_stdin, peer)
-                async for event in peer:
-                    frame: dict[str, Any] = {"event": event.name, "data": event.data}
-                    if event.id is not None:
-                        frame["id"] = event.id
-                    print(json.dumps(frame), flush=True)
-                print(f"closed: {peer.close_code} {peer.close_reason or ''}".rstrip(), flush=True)
-                nursery.cancel_scope.cancel()
-        except JoinRefused as exc:
-            message = f"join refused: {exc.code}: {exc.message} (close {exc.close_code})"
-            raise ConfigError(message) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot connect to {args.url}: {exc.strerror or exc}") from None
+        async with connect(url, args.token) as peer, trio.open_nursery() as nursery:
+            print(json.dumps({"event": "room:joined", "data": peer.snapshot}), flush=True)
+            nursery.start_soon(pump_stdin, peer)
+            async for event in peer:
+                frame: dict[str, Any] = {"event": event.name, "data": event.data}
+                if event.id is not None:
+                    frame["id"] = event.id
+                print(json.dumps(frame), flush=True)
+            print(f"closed: {peer.close_code} {peer.close_reason or ''}".rstrip(), flush=True)
+            nursery.cancel_scope.cancel()
         return 0
 
-    return trio.run(session)
+    try:
+        return trio.run(session)
+    except Exception as exc:  # an ExceptionGroup too: trio-websocket opens nurseries
+        for leaf in _leaves(exc):
+            message = _connect_problem(leaf, url)
+            if message is not None:
+                raise CommandError(message) from exc
+        raise
 
 
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
+def _connect_problem(exc: BaseException, url: str) -> str | None:
+    """What went wrong joining ``url``, in words, or None for an error of another kind."""
+    from trio_websocket import (
+        ConnectionClosed,
+        ConnectionRejected,
+        ConnectionTimeout,
+        HandshakeError,
+    )
+
+    from .client import JoinRefused
+
+    if isinstance(exc, JoinRefused):
+        return f"join refused: {exc.code}: {exc.message} (close {exc.close_code})"
+    if isinstance(exc, ConnectionRejected):
+        status = exc.status_code
+        why = " (no WebSocket at this path; meshroom's is /meetings)" if status == 404 else ""
+        return f"cannot connect to {url}: the server answered HTTP {status}{why}"
+    if isinstance(exc, ConnectionTimeout):
+        return f"cannot connect to {url}: no answer in time"
+    if isinstance(exc, HandshakeError):
+        # trio-websocket reports a refused or unreachable server as a HandshakeError
+        # raised from the OSError.
+        cause = exc.__cause__
+        if cause is not None and cause is not exc:
+            return _connect_problem(cause, url)
+        return f"cannot connect to {url}: the WebSocket handshake failed"
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        code = reason.code if reason else None
+        return f"cannot connect to {url}: the connection closed ({code})"
+    if isinstance(exc, ssl.SSLError):
+        return f"cannot connect to {url}: TLS: {getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {url}: {exc.strerror or exc}"
+    if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+        return f"cannot connect to {url}: the server hung up (is it a meshroom server?)"
+    return None
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async def work() -> int:
-        store = open_store(_settings(args))
+        store = open_store(settings)
         try:
             before, after = await store.upgrade_schema(args.revision)
         finally:
@@ -318,9 +449,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return trio.run(work)
 
 
-def cmd_db_current(args: argparse.Namespace) -> int:
+def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
     async def work() -> int:
-        store = open_store(_settings(args))
+        store = open_store(settings)
         try:
             state = await store.schema_state()
         finally:
@@ -331,29 +462,75 @@ def cmd_db_current(args: argparse.Namespace) -> int:
     return trio.run(work)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # One-shot commands answer with their result or one error line; logs are for `serve`.
-    quiet = "INFO" if args.run is cmd_serve else "ERROR"
-    level = getattr(args, "log_level", None) or os.environ.get(env_name("log_level"), quiet)
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions a (nested) exception group holds; trio nurseries wrap errors in them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _message(exc: BaseException) -> str | None:
+    """The line to show for an error the user can act on, or None for an unexpected one."""
+    if isinstance(exc, (CommandError, ConfigError, TokenError, InvalidTransition)):
+        return str(exc)
+    if isinstance(exc, MeetingNotFound):
+        return f"no meeting with id or room code {exc}"
+    if isinstance(exc, StoreError):
+        return f"database: {exc}"
+    return None
+
+
+def _fail(message: str, code: int) -> int:
+    # One line, whatever the message holds: a driver's error can span several.
+    print(f"meshroom: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _report(exc: BaseException) -> int:
+    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return EXIT_INTERRUPTED
+    for leaf in leaves:
+        message = _message(leaf)
+        if message is not None:
+            return _fail(message, EXIT_FAILURE)
+    # A bug, not a mistake of the user's: still one line, the traceback for whoever asks.
+    log.debug("unexpected error", exc_info=exc)
+    first = leaves[0] if leaves else exc
+    detail = " ".join(str(first).split())
+    return _fail(
+        f"unexpected {type(first).__name__}{': ' + detail if detail else ''} "
+        f"(run with {env_name('log_level')}=DEBUG for the traceback)",
+        EXIT_FAILURE,
+    )
+
+
+def _configure_logging(args: argparse.Namespace, settings: Settings) -> None:
+    # One-shot commands answer with their result or one error line; logs are for `serve`,
+    # or for whoever asks for them with --log-level / MESHROOM_LOG_LEVEL.
+    asked = "log_level" in settings.model_fields_set
+    level = settings.log_level if asked or args.run is cmd_serve else "ERROR"
     logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
+        level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # First every flag, variable and settings file, before a port or a database is touched.
     try:
-        return int(args.run(args))
-    except (ConfigError, TokenError) as exc:
-        print(f"meshroom: error: {exc}", file=sys.stderr)
-    except InvalidTransition as exc:
-        print(f"meshroom: error: {exc}", file=sys.stderr)
-    except MeetingNotFound as exc:
-        print(f"meshroom: error: no meeting with id or room code {exc}", file=sys.stderr)
-    except StoreError as exc:
-        print(f"meshroom: error: database: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_FAILURE
+        settings = _settings(args)
+        _configure_logging(args, settings)
+        getattr(args, "check", _no_check)(settings)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        return int(args.run(args, settings))
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # groups from trio nurseries, KeyboardInterrupt included
+        return _report(exc)
 
 
 if __name__ == "__main__":

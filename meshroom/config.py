@@ -1,29 +1,46 @@
-"""Settings: one table of options, read from MESHROOM_* variables and overridden by CLI flags.
+"""Settings: one model of options, read from MESHROOM_* variables and overridden by CLI flags.
 
-The table drives the CLI flags, the environment variables and the README's
-configuration table, so the three cannot drift apart.
+The model drives the CLI flags, the environment variables and the README's
+configuration table, so the three cannot drift apart. Every type, bound and
+cross-field rule is checked when a :class:`Settings` is built, so a bad flag or
+variable is reported in one line before any port is opened or database touched;
+only the checks that read files (secrets, keys, TLS) wait until they are used.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import logging
 import os
+import shlex
 import ssl
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .auth import TokenKeys, generate_secret
-from .auth.tokens import SYMMETRIC_ALGORITHMS
+from .auth.tokens import ASYMMETRIC_ALGORITHMS, MIN_SECRET_BYTES, SYMMETRIC_ALGORITHMS
 from .core import DuplicatePolicy, HubConfig
 from .core.attendance import AttendanceConfig
 from .core.limits import OriginPolicy
 from .ice import DEFAULT_STUN_URLS, IceConfig
 
 log = logging.getLogger(__name__)
+
+ENV_PREFIX = "MESHROOM_"
+# What a user writes to turn a port that can be off, off: `--http-port off`.
+OFF = "off"
+MIN_API_KEY_LENGTH = 16
+JWT_ALGORITHMS = tuple(sorted(SYMMETRIC_ALGORITHMS)) + tuple(sorted(ASYMMETRIC_ALGORITHMS))
+# Settings whose value must never be echoed back in an error message.
+_SECRET_SETTINGS = frozenset({"api_keys", "secret", "turn_secret", "turn_credential"})
 
 
 class ConfigError(Exception):
@@ -34,160 +51,307 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int = field(
-        default=8765, metadata={"help": "port of the signaling WebSocket (/meetings)"}
+def _port_or_off(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == OFF:
+        return None
+    return value
+
+
+def _empty_is_false(value: Any) -> Any:
+    # `MESHROOM_DEMO=` (set but empty, as env files often leave it) has always meant off.
+    return False if isinstance(value, str) and not value.strip() else value
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+OptionalPort = Annotated[Port | None, BeforeValidator(_port_or_off)]
+Flag = Annotated[bool, BeforeValidator(_empty_is_false)]
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
+
+# The environment `Settings(...)` reads: os.environ, unless `Settings.from_env` names another.
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "meshroom_settings_environ", default=None
+)
+
+
+def _environ() -> Mapping[str, str]:
+    environ = _ENVIRON.get()
+    return os.environ if environ is None else environ
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str]) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+class _MeshroomEnvironment(PydanticBaseSettingsSource):
+    """MESHROOM_<NAME> for each setting, exactly: no other variable, no .env file.
+
+    pydantic-settings' own env source reads os.environ only; this one reads the
+    mapping `from_env` was given (tests pass `{}` to be independent of the shell).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.environ.get(env_name(field_name)), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name: self.environ[env_name(name)]
+            for name in self.settings_cls.model_fields
+            if env_name(name) in self.environ
+        }
+
+
+def _cross(setting: str, problem: str) -> PydanticCustomError:
+    """A rule between settings; ``problem`` may name any setting as ``{name}``."""
+    return PydanticCustomError("meshroom_cross", problem, {"setting": setting, "problem": problem})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        # A NaN timeout passes every bound check and then never fires.
+        allow_inf_nan=False,
     )
-    http_port: int = field(
+
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: Port = Field(default=8765, description="port of the signaling WebSocket (/meetings)")
+    http_port: OptionalPort = Field(
         default=8080,
-        metadata={"help": "port of the HTTP API, health, metrics and Quart WebSocket; 0 = off"},
+        description="port of the HTTP API, health, metrics and Quart WebSocket; "
+        "off = no HTTP listener, 0 = any free port",
     )
-    api_keys: str | None = field(
+    api_keys: str | None = Field(
         default=None,
-        metadata={"help": "comma-separated API keys for /api (Authorization: Bearer KEY)"},
+        description="comma-separated API keys for /api (Authorization: Bearer KEY)",
     )
-    api_key_file: str = field(
+    api_key_file: str = Field(
         default="meshroom.apikey",
-        metadata={"help": "where the API key is read from, or created if no key is set"},
+        description="where the API key is read from, or created if no key is set",
     )
-    database_url: str = field(
+    database_url: str = Field(
         default="sqlite:///meshroom.db",
-        metadata={"help": "SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user@host/db"},
+        description="SQLAlchemy URL: sqlite:///file.db or postgresql+psycopg://user@host/db",
     )
-    db_pool_size: int = field(default=10, metadata={"help": "database connections (not SQLite)"})
-    auto_migrate: bool = field(
+    db_pool_size: int = Field(default=10, ge=1, description="database connections (not SQLite)")
+    auto_migrate: Flag = Field(
         default=False,
-        metadata={"help": "upgrade an out-of-date database schema at start instead of refusing"},
+        description="upgrade an out-of-date database schema at start instead of refusing",
     )
-    attendance_heartbeat: float = field(
+    attendance_heartbeat: float = Field(
         default=15.0,
-        metadata={"help": "seconds between last-seen stamps of live peers (crash recovery)"},
+        gt=0,
+        description="seconds between last-seen stamps of live peers (crash recovery)",
     )
-    leave_retry_max: float = field(
+    leave_retry_max: float = Field(
         default=15.0,
-        metadata={"help": "longest wait, seconds, between retries of unwritten attendance leaves"},
+        gt=0,
+        description="longest wait, seconds, between retries of unwritten attendance leaves",
     )
-    leave_flush_timeout: float = field(
+    leave_flush_timeout: float = Field(
         default=10.0,
-        metadata={"help": "seconds shutdown waits to write attendance leaves still queued"},
+        gt=0,
+        description="seconds shutdown waits to write attendance leaves still queued",
     )
-    secret: str | None = field(
+    secret: str | None = Field(
         default=None,
-        metadata={"help": "HS256 secret for access tokens (at least 32 bytes); see secret-file"},
+        description="HS256 secret for access tokens (at least 32 bytes); see secret-file",
     )
-    secret_file: str = field(
+    secret_file: str = Field(
         default="meshroom.secret",
-        metadata={"help": "where the secret is read from, or created (mode 0600) if missing"},
+        description="where the secret is read from, or created (mode 0600) if missing",
     )
-    jwt_algorithm: str = field(
+    jwt_algorithm: str = Field(
         default="HS256",
-        metadata={"help": "HS256, or RS256/ES256/EdDSA to verify with a public key"},
+        description="HS256, or RS256/ES256/EdDSA to verify with a public key",
     )
-    jwt_public_key_file: str | None = field(
+    jwt_public_key_file: str | None = Field(
         default=None,
-        metadata={"help": "PEM public key that verifies tokens (asymmetric algorithms)"},
+        description="PEM public key that verifies tokens (asymmetric algorithms)",
     )
-    jwt_private_key_file: str | None = field(
+    jwt_private_key_file: str | None = Field(
         default=None,
-        metadata={"help": "PEM private key for `meshroom token` (asymmetric algorithms)"},
+        description="PEM private key for `meshroom token` (asymmetric algorithms)",
     )
-    jwt_audience: str = field(default="meshroom", metadata={"help": "required `aud` claim"})
-    jwt_issuer: str = field(default="meshroom", metadata={"help": "required `iss` claim"})
-    auth_timeout: float = field(
-        default=10.0, metadata={"help": "seconds a new connection has to authenticate"}
+    jwt_audience: str = Field(default="meshroom", description="required `aud` claim")
+    jwt_issuer: str = Field(default="meshroom", description="required `iss` claim")
+    auth_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a new connection has to authenticate"
     )
-    close_timeout: float = field(
-        default=5.0, metadata={"help": "seconds to flush and close a connection being removed"}
+    close_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to flush and close a connection being removed"
     )
-    max_message_bytes: int = field(
-        default=65536, metadata={"help": "largest client frame; bigger ones get FRAME_TOO_LARGE"}
+    max_message_bytes: int = Field(
+        default=65536, ge=1, description="largest client frame; bigger ones get FRAME_TOO_LARGE"
     )
-    outbox_size: int = field(
-        default=2048, metadata={"help": "frames queued per peer before it counts as too slow"}
+    outbox_size: int = Field(
+        default=2048, ge=1, description="frames queued per peer before it counts as too slow"
     )
-    duplicate_policy: str = field(
-        default="replace",
-        metadata={"help": "same employee joins twice: replace (new wins) or reject (old stays)"},
+    duplicate_policy: DuplicatePolicy = Field(
+        default=DuplicatePolicy.REPLACE,
+        description="same employee joins twice: replace (new wins) or reject (old stays)",
     )
-    heartbeat_interval: float = field(
+    heartbeat_interval: float = Field(
         default=10.0,
-        metadata={"help": "seconds of silence before a connection is pinged; 0 = no heartbeats"},
+        ge=0,
+        description="seconds of silence before a connection is pinged; 0 = no heartbeats",
     )
-    heartbeat_timeout: float = field(
+    heartbeat_timeout: float = Field(
         default=10.0,
-        metadata={"help": "seconds a pinged connection has to answer, else it leaves (timeout)"},
+        ge=0,
+        description="seconds a pinged connection has to answer, else it leaves (timeout)",
     )
-    resume_grace: float = field(
+    resume_grace: float = Field(
         default=15.0,
-        metadata={"help": "seconds a dropped peer keeps its place for a resume; 0 = no resume"},
+        ge=0,
+        description="seconds a dropped peer keeps its place for a resume; 0 = no resume",
     )
-    rate_limit: float = field(
+    kick_rejoin_block: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds a kicked employee is refused (KICKED, 4005) before it may "
+        "rejoin; 0 = at once",
+    )
+    rate_limit: float = Field(
         default=200.0,
-        metadata={"help": "frames per second a connection may send on average; 0 = no limit"},
+        ge=0,
+        description="frames per second a connection may send on average; 0 = no limit",
     )
-    rate_burst: int = field(
+    rate_burst: int = Field(
         # A newcomer to a 50-peer mesh sends ~50 offers and a few hundred ICE candidates
         # in its first second; the burst allows that, and stays below outbox_size so one
         # sender alone cannot overflow a prompt reader's queue.
-        default=1000, metadata={"help": "frames a connection may send at once (token bucket size)"}
+        default=1000,
+        ge=0,
+        description="frames a connection may send at once (token bucket size)",
     )
-    max_room_peers: int = field(
-        default=100, metadata={"help": "peers in one room (ROOM_FULL past it); 0 = no limit"}
+    max_room_peers: int = Field(
+        default=100, ge=0, description="peers in one room (ROOM_FULL past it); 0 = no limit"
     )
-    max_connections: int = field(
+    max_connections: int = Field(
         default=10000,
-        metadata={"help": "WebSocket connections per process (HTTP 503 past it); 0 = no limit"},
+        ge=0,
+        description="WebSocket connections per process (HTTP 503 past it); 0 = no limit",
     )
-    allowed_origins: str = field(
+    allowed_origins: str = Field(
         default="",
-        metadata={"help": "comma-separated browser Origins allowed to connect; empty = any"},
+        description="comma-separated browser Origins allowed to connect; empty = any",
     )
-    tls_cert: str | None = field(
-        default=None, metadata={"help": "PEM certificate (chain): serve wss:// and https://"}
+    tls_cert: str | None = Field(
+        default=None, description="PEM certificate (chain): serve wss:// and https://"
     )
-    tls_key: str | None = field(default=None, metadata={"help": "PEM private key of tls-cert"})
-    shutdown_reconnect_after: float = field(
+    tls_key: str | None = Field(default=None, description="PEM private key of tls-cert")
+    shutdown_reconnect_after: float = Field(
         default=5.0,
-        metadata={"help": "reconnect hint of server:shutdown, seconds (each client: 1x-2x)"},
+        ge=0,
+        description="reconnect hint of server:shutdown, seconds (each client: 1x-2x)",
     )
-    stun_urls: str = field(
-        default=",".join(DEFAULT_STUN_URLS), metadata={"help": "comma-separated STUN URLs"}
+    stun_urls: str = Field(
+        default=",".join(DEFAULT_STUN_URLS), description="comma-separated STUN URLs"
     )
-    turn_urls: str = field(default="", metadata={"help": "comma-separated TURN URLs"})
-    turn_secret: str | None = field(
+    turn_urls: str = Field(default="", description="comma-separated TURN URLs")
+    turn_secret: str | None = Field(
         default=None,
-        metadata={"help": "coturn use-auth-secret: issue short-lived TURN credentials"},
+        description="coturn use-auth-secret: issue short-lived TURN credentials",
     )
-    turn_ttl: int = field(default=3600, metadata={"help": "lifetime of TURN credentials, seconds"})
-    turn_username: str | None = field(default=None, metadata={"help": "static TURN username"})
-    turn_credential: str | None = field(default=None, metadata={"help": "static TURN credential"})
-    demo: bool = field(
+    turn_ttl: int = Field(default=3600, gt=0, description="lifetime of TURN credentials, seconds")
+    turn_username: str | None = Field(default=None, description="static TURN username")
+    turn_credential: str | None = Field(default=None, description="static TURN credential")
+    demo: Flag = Field(
         default=True,
-        metadata={
-            "help": "serve the demo meeting page at / and POST /demo/join (creates meetings "
-            "without an API key); MESHROOM_DEMO=0 turns it off"
-        },
+        description="serve the demo meeting page at / and POST /demo/join (creates meetings "
+        "without an API key); MESHROOM_DEMO=0 turns it off",
     )
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    def __init__(self, **values: Any) -> None:
+        """Defaults, then MESHROOM_* variables, then ``values``; ConfigError if any is bad."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, given=values, environ=_environ())) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit values win over the environment; no .env file, no secrets directory.
+        return init_settings, _MeshroomEnvironment(settings_cls, _environ())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then MESHROOM_<NAME> variables, then explicit overrides (CLI flags)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(env_name(f.name))
-            if raw is not None:
-                values[f.name] = _coerce(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        """Defaults, then MESHROOM_<NAME> variables of ``environ`` (default: os.environ),
+        then the overrides that are not None (CLI flags, app.config values).
+
+        Raises:
+            ConfigError: a value is of the wrong type, out of bounds or contradicts another.
+        """
+        with _reading(os.environ if environ is None else environ):
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    @field_validator("jwt_algorithm")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        if value not in JWT_ALGORITHMS:
+            raise PydanticCustomError(
+                "meshroom_choice",
+                "must be one of {choices}",
+                {"choices": ", ".join(JWT_ALGORITHMS)},
+            )
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_api_keys(cls, value: str | None) -> str | None:
+        if value and any(len(key) < MIN_API_KEY_LENGTH for key in _split(value)):
+            raise PydanticCustomError(
+                "meshroom_api_key",
+                "each API key must be at least {length} characters long",
+                {"length": MIN_API_KEY_LENGTH},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.heartbeat_interval > 0 and not self.heartbeat_timeout > 0:
+            raise _cross(
+                "heartbeat_timeout",
+                "{heartbeat_timeout} must be positive when {heartbeat_interval} is on",
+            )
+        if self.rate_limit > 0 and self.rate_burst < 1:
+            raise _cross("rate_burst", "{rate_burst} must be at least 1 when {rate_limit} is on")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given = "tls_cert" if self.tls_cert else "tls_key"
+            raise _cross(given, "TLS needs both {tls_cert} and {tls_key}")
+        if (
+            self.secret
+            and self.jwt_algorithm in SYMMETRIC_ALGORITHMS
+            and len(self.secret) < MIN_SECRET_BYTES
+        ):
+            raise _cross("secret", f"{{secret}} must be at least {MIN_SECRET_BYTES} bytes long")
+        return self
 
     def attendance_config(self) -> AttendanceConfig:
-        for name in ("attendance_heartbeat", "leave_retry_max", "leave_flush_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{flag_name(name)[2:]} must be a positive number of seconds")
         return AttendanceConfig(
             heartbeat_interval=self.attendance_heartbeat,
             retry_max=self.leave_retry_max,
@@ -196,24 +360,18 @@ class Settings:
         )
 
     def hub_config(self) -> HubConfig:
-        try:
-            policy = DuplicatePolicy(self.duplicate_policy)
-        except ValueError:
-            raise ConfigError(
-                f"duplicate-policy must be 'replace' or 'reject', not {self.duplicate_policy!r}"
-            ) from None
-        self._check_limits()
         return HubConfig(
             auth_timeout=self.auth_timeout,
             close_timeout=self.close_timeout,
             outbox_size=self.outbox_size,
-            duplicate_policy=policy,
+            duplicate_policy=self.duplicate_policy,
             resume_grace=self.resume_grace,
             rate_limit=self.rate_limit,
             rate_burst=self.rate_burst,
             max_room_peers=self.max_room_peers,
             max_connections=self.max_connections,
             shutdown_reconnect_after=self.shutdown_reconnect_after,
+            kick_rejoin_block=self.kick_rejoin_block,
             ice=IceConfig(
                 stun_urls=_split(self.stun_urls),
                 turn_urls=_split(self.turn_urls),
@@ -224,41 +382,22 @@ class Settings:
             ),
         )
 
-    def _check_limits(self) -> None:
-        for name in (
-            "heartbeat_interval",
-            "heartbeat_timeout",
-            "resume_grace",
-            "rate_limit",
-            "rate_burst",
-            "max_room_peers",
-            "max_connections",
-            "shutdown_reconnect_after",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{flag_name(name)[2:]} cannot be negative")
-        if self.heartbeat_interval > 0 and not self.heartbeat_timeout > 0:
-            raise ConfigError("heartbeat-timeout must be positive when heartbeats are on")
-        if self.rate_limit > 0 and self.rate_burst < 1:
-            raise ConfigError("rate-burst must be at least 1 when rate-limit is on")
-
     def origin_policy(self) -> OriginPolicy:
         return OriginPolicy(_split(self.allowed_origins))
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server TLS context from tls-cert and tls-key, or None when TLS is off."""
-        if not self.tls_cert and not self.tls_key:
+        if not self.tls_cert or not self.tls_key:  # both or neither: checked when built
             return None
-        if not (self.tls_cert and self.tls_key):
-            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key):
+            # load_cert_chain's own error does not say which of the two files it was.
+            _check_readable(path, "TLS")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self.tls_cert, self.tls_key)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}") from None
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot use the TLS certificate and key: {exc}") from None
+            raise ConfigError(f"cannot use the TLS certificate and key: {_one_line(exc)}") from None
         return context
 
     def token_keys(self, *, create_secret: bool = True) -> TokenKeys:
@@ -278,20 +417,22 @@ class Settings:
             )
             return TokenKeys(self.jwt_algorithm, public, private, **options)  # type: ignore[arg-type]
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(_one_line(exc)) from None
 
     def _secret_from_file(self, *, create: bool) -> str:
-        return _secret_file(Path(self.secret_file), "token secret", "MESHROOM_SECRET", create)
+        return _secret_file(Path(self.secret_file), "token secret", env_name("secret"), create)
 
     def api_key_list(self, *, create: bool = True) -> tuple[str, ...]:
         """The keys that authorise /api calls; one is generated and kept if none is set."""
         if self.api_keys:
-            keys = _split(self.api_keys)
-        else:
-            keys = (_secret_file(Path(self.api_key_file), "API key", "MESHROOM_API_KEYS", create),)
-        if any(len(key) < 16 for key in keys):
-            raise ConfigError("API keys must be at least 16 characters long")
-        return keys
+            return _split(self.api_keys)  # their length is checked when Settings is built
+        path = Path(self.api_key_file)
+        key = _secret_file(path, "API key", env_name("api_keys"), create)
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ConfigError(
+                f"the API key in {path} must be at least {MIN_API_KEY_LENGTH} characters long"
+            )
+        return (key,)
 
 
 def _secret_file(path: Path, what: str, variable: str, create: bool) -> str:
@@ -317,29 +458,19 @@ def _secret_file(path: Path, what: str, variable: str, create: bool) -> str:
 
 
 def env_name(field_name: str) -> str:
-    return "MESHROOM_" + field_name.upper()
+    return ENV_PREFIX + field_name.upper()
 
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if kind.startswith("bool"):
-        if raw.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.strip().lower() in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{env_name(f.name)}={raw!r} is not true or false")
+def _check_readable(path: str, what: str) -> None:
     try:
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"{env_name(f.name)}={raw!r} is not a number") from None
-    return raw
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
 
 
 def _read(path: str, what: str) -> str:
@@ -347,22 +478,100 @@ def _read(path: str, what: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the {what} file {path} is not text (PEM expected)") from None
 
 
-def _table_flag(f: dataclasses.Field[Any]) -> str:
-    name = flag_name(f.name)
-    return f"{name}`, `--no-{name[2:]}" if str(f.type).startswith("bool") else name
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- One-line messages for validation errors ---------------------------------------------
+
+_PROBLEMS = {
+    "int_parsing": "not a whole number",
+    "int_from_float": "not a whole number",
+    "int_type": "not a whole number",
+    "float_parsing": "not a number",
+    "float_type": "not a number",
+    "finite_number": "not a finite number",
+    "bool_parsing": "not true or false (1/0, true/false, yes/no, on/off)",
+    "bool_type": "not true or false (1/0, true/false, yes/no, on/off)",
+    "string_type": "not text",
+    "extra_forbidden": "not a setting",
+}
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    kind: str = error["type"]
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    if kind in _PROBLEMS:
+        return _PROBLEMS[kind]
+    if kind == "greater_than_equal":
+        return "cannot be negative" if ctx["ge"] == 0 else f"must be at least {ctx['ge']}"
+    if kind == "greater_than":
+        return "must be positive" if ctx["gt"] == 0 else f"must be more than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}"
+    if kind in ("enum", "literal_error"):
+        return f"must be {ctx['expected']}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _describe(exc: ValidationError, *, given: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """Every problem of ``exc`` on one line, each naming the setting as the user wrote it:
+    ``--rate-limit`` for a flag or keyword, ``MESHROOM_RATE_LIMIT`` for a variable."""
+
+    def spelled(name: str, like: str | None = None) -> str:
+        # A setting the user did not give is named the way they named the one they did.
+        source = name if name in given or env_name(name) in environ else like or name
+        from_environment = source not in given and env_name(source) in environ
+        return env_name(name) if from_environment else flag_name(name)
+
+    def shown(name: str, value: Any) -> str:
+        text = str(value.value if isinstance(value, DuplicatePolicy) else value)
+        return shlex.quote(text) if text.isprintable() else repr(text)
+
+    parts = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "meshroom_cross":
+            ctx = error["ctx"]
+            setting = ctx["setting"]
+            names = {name: spelled(name, like=setting) for name in Settings.model_fields}
+            parts.append(ctx["problem"].format(**names))
+            continue
+        loc = error["loc"]
+        name = str(loc[0]) if loc else "?"
+        if name not in Settings.model_fields:
+            parts.append(f"{flag_name(name)}: not a setting")
+            continue
+        problem = _problem(error)
+        if name == "http_port" and error["type"] in ("int_parsing", "int_from_float"):
+            problem = f"not a port number or {OFF}"
+        if name in _SECRET_SETTINGS:
+            parts.append(f"{spelled(name)}: {problem}")
+        else:
+            raw = given[name] if name in given else environ.get(env_name(name), error["input"])
+            parts.append(f"{spelled(name)}={shown(name, raw)}: {problem}")
+    return "; ".join(dict.fromkeys(parts)) or _one_line(exc)
 
 
 def settings_table() -> str:
     """The Markdown table of every setting, as the README shows it."""
     lines = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(Settings):
-        default = f.default
-        shown = "(none)" if default is None else "(empty)" if default == "" else f"`{default}`"
-        lines.append(
-            f"| `{_table_flag(f)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |"
+    for name, info in Settings.model_fields.items():
+        flag = flag_name(name)
+        if info.annotation is bool:
+            flag = f"{flag}`, `--no-{flag[2:]}"
+        default = info.default
+        shown = (
+            "(none)"
+            if default is None
+            else "(empty)"
+            if default == ""
+            else f"`{default.value if isinstance(default, DuplicatePolicy) else default}`"
         )
+        lines.append(f"| `{flag}` | `{env_name(name)}` | {shown} | {info.description} |")
     return "\n".join(lines)
 
 

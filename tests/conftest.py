@@ -13,6 +13,7 @@ import trio
 
 from meshroom import Role, Server, Settings, mint_token
 from meshroom.core import Hub
+from meshroom.metrics import Metrics
 from meshroom.store import Meeting, MeetingStatus, SqlStore
 
 SECRET = "test-secret-" + "x" * 40
@@ -39,6 +40,11 @@ class RunningServer:
     def hub(self) -> Hub:
         assert self.server.hub is not None
         return self.server.hub
+
+    @property
+    def metrics(self) -> Metrics:
+        assert self.server.runtime is not None
+        return self.server.runtime.metrics
 
     @property
     def store(self) -> SqlStore:
@@ -78,7 +84,7 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
-        "http_port": 0,
+        "http_port": "off",  # as a user writes it; None would mean "not given"
         "api_keys": API_KEY,
         "database_url": f"sqlite:///{tmp_path / 'meshroom.db'}",
         "secret": SECRET,
@@ -86,6 +92,8 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "close_timeout": 2.0,
         # Resume off unless a test turns it on: with it, a drop is not a leave for 15 s.
         "resume_grace": 0.0,
+        # Kicked employees may rejoin at once unless a test turns the block on.
+        "kick_rejoin_block": 0.0,
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -14,7 +14,7 @@ import pytest
 from meshroom import Role
 from meshroom.auth import verify_token
 from meshroom.cli import main
-from meshroom.config import Settings
+from meshroom.config import ConfigError, Settings
 
 SECRET = "cli-secret-" + "y" * 40
 
@@ -43,10 +43,10 @@ def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out
 
 
-def fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """The command fails with exit 1 and exactly one line of explanation."""
-    code, out, err = run(capsys, *argv)
-    assert code == 1
+def fails(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 1) -> str:
+    """The command fails with exit ``code`` and exactly one line of explanation."""
+    got, out, err = run(capsys, *argv)
+    assert got == code, err
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -161,17 +161,63 @@ def test_token_flags_override_the_environment(env, capsys):
         ["token", "--meeting", "m"],  # no --emp
         ["token", "--meeting", "m", "--emp", "e", "--role", "king"],
         ["token", "--meeting", "m", "--emp", "e", "--ttl", "an hour"],
-        ["serve", "--port", "eighty"],
         ["meeting", "list", "--no-such-flag"],
+        ["connect", "tok", "--url", "http://127.0.0.1:8765/meetings"],
+        ["connect", "tok", "--url", "not a url"],
+        ["connect", "tok", "--url", "ws://127.0.0.1:port/meetings"],
     ],
 )
-def test_bad_flags_exit_2(env, capsys, argv):
+def test_bad_command_lines_are_one_line_and_exit_2(env, capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    _, err = capsys.readouterr()
-    assert "usage:" in err
-    assert "Traceback" not in err
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()  # not argparse's usage: `serve`'s alone is forty lines
+    assert line.startswith("meshroom") and ": error: " in line
+    assert line.endswith("--help`)")
+
+
+def test_an_http_url_is_refused_with_the_websocket_one(env, capsys):
+    with pytest.raises(SystemExit):
+        main(["connect", "tok", "--url", "https://example.com:8765/meetings"])
+    assert "'wss://example.com:8765/meetings'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "variables", "named"),
+    [
+        (["serve", "--port", "eighty"], {}, "--port=eighty: not a whole number"),
+        (["serve", "--http-port", "none"], {}, "--http-port=none: not a port number or off"),
+        (["serve", "--rate-limit", "-1"], {}, "--rate-limit=-1: cannot be negative"),
+        (["serve", "--duplicate-policy", "newest"], {}, "--duplicate-policy=newest"),
+        (["serve"], {"MESHROOM_PORT": "70000"}, "MESHROOM_PORT=70000: must be at most 65535"),
+        (["serve"], {"MESHROOM_DEMO": "maybe"}, "MESHROOM_DEMO=maybe: not true or false"),
+        (["serve"], {"MESHROOM_API_KEYS": "short"}, "MESHROOM_API_KEYS: each API key"),
+        (["serve", "--heartbeat-timeout", "0"], {}, "--heartbeat-timeout must be positive"),
+        (["serve", "--tls-key", "k.pem"], {}, "TLS needs both --tls-cert and --tls-key"),
+        (["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "TLS file c.pem"),
+        (["meeting", "list", "--db-pool-size", "0"], {}, "--db-pool-size=0: must be at least 1"),
+        (["meeting", "list"], {"MESHROOM_JWT_ALGORITHM": "none"}, "MESHROOM_JWT_ALGORITHM=none"),
+        (["meeting", "list", "--log-level", "loud"], {}, "--log-level=loud: must be 'DEBUG'"),
+        (["db", "current"], {"MESHROOM_LOG_LEVEL": "loud"}, "MESHROOM_LOG_LEVEL=loud"),
+        (["connect", "tok"], {"MESHROOM_PORT": "x"}, "MESHROOM_PORT=x: not a whole number"),
+    ],
+)
+def test_bad_settings_exit_2_before_a_port_or_the_database_is_touched(
+    env, capsys, monkeypatch, argv, variables, named
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("got past the settings")
+
+    monkeypatch.setattr("meshroom.cli.Server", never)
+    monkeypatch.setattr("meshroom.cli.open_store", never)
+    line = fails(capsys, *argv, code=2)
+    assert named in line
+    assert not (env / "cli.db").exists()
 
 
 def test_help_exits_0(env, capsys):
@@ -227,8 +273,16 @@ def test_missing_driver_is_one_line(env, capsys, monkeypatch):
 def test_short_secret_is_one_line(env, capsys, monkeypatch):
     meeting = create(capsys)
     monkeypatch.setenv("MESHROOM_SECRET", "short")
-    line = fails(capsys, "token", "--meeting", meeting["id"], "--emp", "e")
-    assert "32" in line
+    line = fails(capsys, "token", "--meeting", meeting["id"], "--emp", "e", code=2)
+    assert "MESHROOM_SECRET must be at least 32 bytes" in line
+    assert "short" not in line  # a secret is never echoed
+
+
+def test_an_unreadable_secret_file_is_one_line(env, capsys, monkeypatch):
+    monkeypatch.delenv("MESHROOM_SECRET")
+    (env / "meshroom.secret").mkdir()  # a directory where the secret file should be
+    line = fails(capsys, "meeting", "list", code=2)
+    assert "meshroom.secret" in line
 
 
 def test_serve_on_a_port_in_use_is_one_line(tmp_path):
@@ -240,7 +294,7 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path):
         env |= {
             "MESHROOM_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
             "MESHROOM_SECRET": SECRET,
-            "MESHROOM_HTTP_PORT": "0",
+            "MESHROOM_HTTP_PORT": "off",
             "MESHROOM_LOG_LEVEL": "WARNING",
         }
         result = subprocess.run(
@@ -305,7 +359,7 @@ async def test_second_server_on_a_busy_port_leaves_the_first_ones_attendance_alo
             env |= {
                 "MESHROOM_DATABASE_URL": server.settings.database_url,
                 "MESHROOM_SECRET": SECRET,
-                "MESHROOM_HTTP_PORT": "0",
+                "MESHROOM_HTTP_PORT": "off",
                 "MESHROOM_LOG_LEVEL": "WARNING",
             }
             port = str(server.server.port)
@@ -321,3 +375,166 @@ async def test_second_server_on_a_busy_port_leaves_the_first_ones_attendance_alo
             (row,) = await server.store.attendance_for_meeting(meeting.id)
             assert (row.left_at, row.leave_reason) == (None, None)
             assert (await alice.request("ping"))["serverTime"]
+
+
+def one_line(result: subprocess.CompletedProcess, code: int) -> str:
+    """The process exited with ``code`` after one line on stderr, and no traceback."""
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("meshroom: error: ")
+    return line
+
+
+def refused_port() -> tuple[socket.socket, int]:
+    """A port nothing listens on, held (bound, not listening) so nothing else takes it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, sock.getsockname()[1]
+
+
+def test_serve_with_a_short_api_key_is_one_line_and_touches_nothing(tmp_path):
+    result = meshroom_process(tmp_path, "serve", MESHROOM_API_KEYS="short")
+    line = one_line(result, 2)
+    assert (
+        line
+        == "meshroom: error: MESHROOM_API_KEYS: each API key must be at least 16 characters long"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no database, no secret files
+
+
+def test_serve_on_an_http_port_in_use_is_one_line(tmp_path):
+    # The HTTP listener starts inside the server's nursery: its error arrives in a group.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = meshroom_process(
+            tmp_path,
+            "serve",
+            MESHROOM_PORT="0",
+            MESHROOM_HTTP_PORT=str(port),
+            MESHROOM_LOG_LEVEL="WARNING",
+        )
+    line = one_line(result, 1)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_serve_on_an_unusable_database_is_one_line(tmp_path):
+    result = meshroom_process(
+        tmp_path,
+        "serve",
+        MESHROOM_DATABASE_URL="sqlite:////definitely/not/a/dir/x.db",
+        MESHROOM_HTTP_PORT="off",
+        MESHROOM_PORT="0",
+        MESHROOM_LOG_LEVEL="ERROR",  # the store logs a WARNING of its own
+    )
+    assert "cannot open the database" in one_line(result, 1)
+
+
+def test_connect_to_a_server_that_is_down_is_one_line(tmp_path):
+    sock, port = refused_port()
+    with sock:
+        # The URL defaults to the one `meshroom serve` with the same settings listens on.
+        result = meshroom_process(tmp_path, "connect", "some-token", MESHROOM_PORT=str(port))
+    line = one_line(result, 1)
+    assert line.startswith(f"meshroom: error: cannot connect to ws://127.0.0.1:{port}/meetings: ")
+    assert result.stdout == ""
+
+
+def test_connect_with_a_wrong_scheme_is_one_line(tmp_path):
+    result = meshroom_process(tmp_path, "connect", "tok", "--url", "http://127.0.0.1:8765/m")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "'ws://127.0.0.1:8765/m'" in line
+
+
+def test_connect_url_defaults_to_the_configured_host_and_port(env, capsys, monkeypatch):
+    monkeypatch.setenv("MESHROOM_HOST", "0.0.0.0")
+    monkeypatch.setenv("MESHROOM_PORT", "9999")
+    with pytest.raises(SystemExit) as info:
+        main(["connect", "--help"])
+    assert info.value.code == 0
+    assert "ws://127.0.0.1:9999/meetings" in " ".join(capsys.readouterr().out.split())
+
+
+async def run_connect(server, *argv: str) -> tuple[int, str, str]:
+    import trio
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHROOM_")}
+    result = await trio.run_process(
+        [sys.executable, "-m", "meshroom", "connect", *argv],
+        env=env,
+        stdin=b"",
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_connect_to_a_path_with_no_websocket_is_one_line(server):
+    url = server.url.rsplit("/", 1)[0] + "/no-such-path"
+    code, out, err = await run_connect(server, "tok", "--url", url)
+    assert (code, out) == (1, ""), err
+    (line,) = err.splitlines()
+    assert line.startswith(f"meshroom: error: cannot connect to {url}: the server answered HTTP 4")
+
+
+async def test_connect_with_a_token_the_server_refuses_is_one_line(server):
+    code, out, err = await run_connect(server, "not-a-token", "--url", server.url)
+    assert (code, out) == (1, ""), err
+    (line,) = err.splitlines()
+    assert line.startswith("meshroom: error: join refused: ")
+    assert "(close 4001)" in line
+
+
+async def test_connect_joins_and_reports_the_close(server):
+    meeting = await server.meeting()
+    token = server.token(meeting, "alice")
+    code, out, err = await run_connect(server, token, "--url", server.url)
+    assert (code, err) == (0, "")
+    first, *_, last = out.splitlines()
+    assert json.loads(first)["event"] == "room:joined"
+    assert last.startswith("closed: 1000")
+
+
+class FakeServer:
+    """Stands in for meshroom.server.Server: fails the way ``error`` says, in a nursery."""
+
+    error: BaseException
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def run(self, **kwargs: object) -> None:
+        import trio
+
+        async def fail() -> None:
+            raise self.error
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expected"),
+    [
+        (ConfigError("cannot listen on 127.0.0.1:8080: Address in use"), 1, "cannot listen on"),
+        (OSError(24, "Too many open files"), 1, "unexpected OSError: [Errno 24] Too many"),
+        (RuntimeError("first\nsecond"), 1, "unexpected RuntimeError: first second (run with"),
+        (KeyboardInterrupt(), 130, None),
+    ],
+)
+def test_errors_raised_inside_a_nursery_are_one_line(
+    env, capsys, monkeypatch, error, code, expected
+):
+    FakeServer.error = error
+    monkeypatch.setattr("meshroom.cli.Server", FakeServer)
+    got, out, err = run(capsys, "serve", "--http-port", "off", "--log-level", "ERROR")
+    assert (got, out) == (code, "")
+    if expected is None:
+        assert err == ""
+    else:
+        (line,) = err.splitlines()
+        assert line.startswith("meshroom: error: ") and expected in line

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import socket
@@ -41,7 +40,7 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 @pytest.fixture
 async def server_without_resume(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server where a dropped peer leaves at once instead of waiting for a resume."""
-    fields = {f.name for f in dataclasses.fields(Settings)}
+    fields = set(Settings.model_fields)
     no_resume = {"resume_grace": 0.0} if "resume_grace" in fields else {}
     settings = server_settings(tmp_path, http_port=free_port(), **no_resume)
     async with trio.open_nursery() as nursery:

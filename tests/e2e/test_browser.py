@@ -13,7 +13,6 @@ deadline: the page's Content-Security-Policy forbids the ``eval`` that
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -450,7 +449,7 @@ def run_glare_and_restart(
     return report
 
 
-SETTINGS = {f.name for f in dataclasses.fields(Settings)}
+SETTINGS = set(Settings.model_fields)
 
 
 class RestartableServer:

@@ -26,7 +26,7 @@ def settings(url: str, tmp_path) -> Settings:
         {},
         host="127.0.0.1",
         port=0,
-        http_port=0,
+        http_port="off",
         database_url=url,
         secret=SECRET,
         close_timeout=1.0,

@@ -222,7 +222,7 @@ def serve_settings(url: str, tmp_path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": 0,
-        "http_port": 0,
+        "http_port": "off",
         "database_url": url,
         "secret": "s" * 40,
         "api_key_file": str(tmp_path / "apikey"),
