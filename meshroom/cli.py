@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the signaling server")
     _add_settings(serve, list(Settings.model_fields))
-    serve.set_defaults(run=cmd_serve, check=_check_serve)
+    serve.set_defaults(run=cmd_serve, preflight=_check_serve)
 
     meeting = commands.add_parser("meeting", help="create, start, end, list and show meetings")
     meeting_commands = meeting.add_subparsers(
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=cmd_meeting_action, action=action)
     listing = meeting_commands.add_parser("list", help="list meetings, newest first")
     listing.add_argument("--status", choices=[s.value for s in MeetingStatus])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive_int, default=50)
     listing.set_defaults(run=cmd_meeting_list)
 
     token = commands.add_parser("token", help="mint a meeting access token")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role", default="PARTICIPANT", type=str.upper, choices=[r.value for r in Role]
     )
-    token.add_argument("--ttl", type=int, default=7200, metavar="SECONDS")
+    token.add_argument("--ttl", type=_positive_int, default=7200, metavar="SECONDS")
     token.set_defaults(run=cmd_token)
 
     connect = commands.add_parser(
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--json", action="store_true", help="print JSON")
         _add_settings(sub, _SHARED)
-        sub.set_defaults(check=_check_tokens)
+        sub.set_defaults(preflight=_check_tokens)
     return parser
 
 
@@ -179,6 +179,16 @@ def _datetime(text: str) -> dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _websocket_url(text: str) -> str:
@@ -432,10 +442,14 @@ def _connect_problem(exc: BaseException, url: str) -> str | None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.util import CommandError as MigrationError
+
     async def work() -> int:
         store = open_store(settings)
         try:
             before, after = await store.upgrade_schema(args.revision)
+        except MigrationError as exc:  # an unknown --revision, for one
+            raise CommandError(f"cannot upgrade the database schema: {exc}") from None
         finally:
             await store.close()
         if before is None:
@@ -474,7 +488,7 @@ def _message(exc: BaseException) -> str | None:
     if isinstance(exc, (CommandError, ConfigError, TokenError, InvalidTransition)):
         return str(exc)
     if isinstance(exc, MeetingNotFound):
-        return f"no meeting with id or room code {exc}"
+        return f"no meeting with id or room code {str(exc) or repr('')}"
     if isinstance(exc, StoreError):
         return f"database: {exc}"
     return None
@@ -522,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         _configure_logging(args, settings)
-        getattr(args, "check", _no_check)(settings)
+        getattr(args, "preflight", _no_check)(settings)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:

@@ -162,6 +162,8 @@ def test_token_flags_override_the_environment(env, capsys):
         ["token", "--meeting", "m", "--emp", "e", "--role", "king"],
         ["token", "--meeting", "m", "--emp", "e", "--ttl", "an hour"],
         ["meeting", "list", "--no-such-flag"],
+        ["meeting", "list", "--limit", "0"],
+        ["token", "--meeting", "m", "--emp", "e", "--ttl", "0"],
         ["connect", "tok", "--url", "http://127.0.0.1:8765/meetings"],
         ["connect", "tok", "--url", "not a url"],
         ["connect", "tok", "--url", "ws://127.0.0.1:port/meetings"],
@@ -268,6 +270,22 @@ def test_missing_driver_is_one_line(env, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     line = fails(capsys, "meeting", "list", "--database-url", "postgresql+psycopg://u@h/db")
     assert "psycopg" in line
+
+
+def test_db_upgrade_to_an_unknown_revision_is_one_line(env, capsys):
+    line = fails(capsys, "db", "upgrade", "--revision", "nope")
+    assert line == (
+        "meshroom: error: cannot upgrade the database schema: "
+        "Can't locate revision identified by 'nope'"
+    )
+
+
+def test_db_current_check_answers_with_its_exit_code(env, capsys):
+    code, out, err = run(capsys, "db", "current", "--check")
+    assert (code, err) == (1, "")
+    assert "empty" in out
+    ok(capsys, "db", "upgrade")
+    assert "current" in ok(capsys, "db", "current", "--check")
 
 
 def test_short_secret_is_one_line(env, capsys, monkeypatch):
