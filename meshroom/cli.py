@@ -14,13 +14,14 @@ import logging
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args, get_origin
 from urllib.parse import urlsplit
 
 import trio
+from pydantic.fields import FieldInfo
 
 from .auth import TokenError
-from .config import ConfigError, Settings, env_name, flag_name
+from .config import OFF, ConfigError, Settings, env_name, flag_name
 from .roles import Role
 from .server import Server, open_store, wait_for_signal
 from .service import MeetingService
@@ -60,8 +61,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _metavar(name: str) -> str:
-    return "PORT|off" if name == "http_port" else name.split("_")[-1].upper()
+def _metavar(name: str, info: FieldInfo) -> str:
+    """What a flag takes, from the setting's type: `--port PORT`, `--close-timeout SECONDS`."""
+    kind = info.annotation
+    if name == "http_port":
+        return f"PORT|{OFF}"
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "|".join(str(member.value) for member in kind)
+    if get_origin(kind) is Literal:
+        return "|".join(str(choice) for choice in get_args(kind))
+    if kind is float:
+        return "SECONDS" if "seconds" in (info.description or "") else "NUMBER"
+    if kind is int:
+        return "PORT" if name.endswith("port") else "N"
+    return name.split("_")[-1].upper()
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -84,7 +97,7 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
             flag_name(name),
             dest=name,
             default=None,
-            metavar=_metavar(name),
+            metavar=_metavar(name, info),
             help=f"{info.description} [{env_name(name)}; default: {default}]",
         )
 

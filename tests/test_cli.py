@@ -229,6 +229,42 @@ def test_help_exits_0(env, capsys):
     assert "meeting" in capsys.readouterr().out
 
 
+def test_serve_has_a_flag_for_every_setting_typed_by_the_model(env, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in text
+    for usage in (
+        "--http-port PORT|off",
+        "--kick-rejoin-block SECONDS",
+        "--duplicate-policy replace|reject",
+        "--log-level DEBUG|INFO|WARNING|ERROR",
+        "--max-room-peers N",
+        "--demo | --no-demo",
+        "[MESHROOM_KICK_REJOIN_BLOCK; default: 60.0]",
+    ):
+        assert usage in text
+
+
+def test_a_boolean_flag_and_its_negation(env, capsys, monkeypatch):
+    seen: list[Settings] = []
+
+    class Recorder:
+        def __init__(self, settings: Settings) -> None:
+            seen.append(settings)
+
+        async def run(self, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr("meshroom.cli.Server", Recorder)
+    monkeypatch.setenv("MESHROOM_DEMO", "1")
+    ok(capsys, "serve", "--no-demo", "--http-port", "off", "--log-level", "ERROR")
+    ok(capsys, "serve", "--http-port", "0", "--log-level", "ERROR")
+    assert [(s.demo, s.http_port) for s in seen] == [(False, None), (True, 0)]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
