@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hmac
 import json
+import time
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshroom.auth import Claims, TokenError, TokenKeys, generate_secret, mint_token, verify_token
 from meshroom.roles import Role
@@ -368,3 +372,113 @@ def test_generated_secret_is_long_enough_and_random():
     assert first != second
     assert len(first.encode()) >= 32
     TokenKeys.shared_secret(first)
+
+
+# Claims of the wrong JSON type in a correctly signed token (issue 11 #6): refused with
+# TokenError (AUTH_FAILED), never another exception (which closed the connection 1011).
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Each class of value equally likely: times as strings of digits (PyJWT lets those
+# through), other scalars, and arrays and objects.
+claim_values = st.one_of(
+    st.integers(min_value=0, max_value=2**40).map(str), json_scalars, json_values
+)
+CLAIMS = ["mid", "sub", "name", "role", "iat", "nbf", "exp", "jti", "aud", "iss"]
+
+
+def _signed(claims: dict[str, Any]) -> str:
+    # json.dumps writes NaN and Infinity (as PyJWT's json.loads reads them back).
+    body = b64(json.dumps(claims, default=str).encode())
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    signing_input = f"{header}.{body}".encode()
+    return f"{header}.{body}.{b64(hmac.digest(SECRET.encode(), signing_input, 'sha256'))}"
+
+
+def _valid_claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "mid": "m-1", "sub": "alice", "name": "Alice", "role": "PARTICIPANT",
+        "iat": now, "nbf": now, "exp": now + 3600, "jti": "j-1", "aud": "meshroom",
+        "iss": "meshroom",
+    }  # fmt: skip
+    claims.update(overrides)
+    return claims
+
+
+def test_the_hand_signed_token_is_valid_as_it_is() -> None:
+    assert verify_token(KEYS, _signed(_valid_claims())).emp_id == "alice"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CLAIMS), claim_values)
+def test_any_json_value_in_any_claim_is_verified_or_refused_never_a_crash(
+    claim: str, value: Any
+) -> None:
+    try:
+        claims = verify_token(KEYS, _signed(_valid_claims(**{claim: value})))
+    except TokenError:
+        return
+    assert isinstance(claims, Claims)
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf", "exp"])
+@pytest.mark.parametrize(
+    "value",
+    ["1700000000", str(2**40), "tomorrow", {"t": 1}, [1700000000], True, False, "NaN", []],
+    ids=repr,
+)
+def test_a_time_claim_of_the_wrong_type_is_refused_and_named(claim: str, value: Any) -> None:
+    message = refused(_signed(_valid_claims(**{claim: value})))
+    assert message == f"token claim {claim!r} must be a number of seconds since the epoch"
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=repr)
+def test_a_time_claim_that_is_not_finite_is_refused_and_named(claim: str, value: float) -> None:
+    message = refused(_signed(_valid_claims(**{claim: value})))
+    assert message == f"token claim {claim!r} must be a number of seconds since the epoch"
+
+
+def test_a_fractional_numericdate_is_accepted() -> None:
+    # RFC 7519 §2: a NumericDate may be non-integer.
+    now = time.time()
+    claims = verify_token(KEYS, _signed(_valid_claims(iat=now - 0.5, exp=now + 60.25)))
+    assert claims.expires_at.timestamp() == pytest.approx(now + 60.25)
+
+
+@pytest.mark.parametrize(
+    "jti", ["", "j", 7, 1.5, True, {"a": [1, {"b": None}]}, [1, "2"], [], {}], ids=repr
+)
+def test_a_jti_of_any_json_type_is_accepted(jti: Any) -> None:
+    # protocol.md §3.2: jti is required, of any type, and not tracked.
+    claims = verify_token(KEYS, _signed(_valid_claims(jti=jti)))
+    assert claims.emp_id == "alice" and isinstance(claims.jti, str)
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"sub": 5}, "token claims mid, sub and name must be non-empty strings"),
+        ({"sub": ["alice"]}, "token claims mid, sub and name must be non-empty strings"),
+        ({"mid": {"id": "m-1"}}, "token claims mid, sub and name must be non-empty strings"),
+        ({"role": ["HOST"]}, "token role must be one of HOST, COHOST, PARTICIPANT"),
+        ({"role": {"HOST": 1}}, "token role must be one of HOST, COHOST, PARTICIPANT"),
+    ],
+)
+def test_identity_claims_of_the_wrong_type_are_refused_and_named(
+    claims: dict[str, Any], message: str
+) -> None:
+    assert refused(_signed(_valid_claims(**claims))) == message

@@ -7,8 +7,10 @@ from __future__ import annotations
 import itertools
 import json
 import struct
+import time
 from collections.abc import Awaitable, Callable
 
+import jwt
 import pytest
 import trio
 import trio.lowlevel
@@ -23,6 +25,7 @@ from meshroom import Role
 from meshroom.client import JoinRefused, connect
 from meshroom.core.limits import ConnectionSlots
 from meshroom.protocol import ErrorCode, ProtocolError, decode_request
+from meshroom.protocol.messages import CLIENT_EVENTS, MAX_NESTING_DEPTH, encode_event
 
 DEADLINE = 20
 
@@ -60,8 +63,8 @@ async def _all_rows_closed(server: RunningServer, meeting_id: str) -> list[tuple
 def _healthy(server: RunningServer) -> None:
     hub = server.hub
     assert hub.rooms == {}
-    assert not hub._joining and not hub._unjoined
-    assert len(hub._employee_locks) == 0 and len(hub._room_locks) == 0
+    kept = hub.bookkeeping()
+    assert (kept.joining, kept.unjoined, kept.employee_locks, kept.room_locks) == (0, 0, 0, 0)
 
 
 # Connect and say nothing, at scale
@@ -141,7 +144,7 @@ async def test_hundreds_of_idle_sockets_are_cut_off_while_a_peer_is_served(tmp_p
             }
             assert worst < 0.5, f"a relay round trip took {worst:.3f} s under the idle flood"
             await quiet.until(server)
-            assert server.hub.metrics.rejections.labels("auth-timeout")._value.get() == 100
+            assert server.metrics.rejections.labels("auth-timeout")._value.get() == 100
             server.server.request_shutdown()
 
 
@@ -487,3 +490,151 @@ async def test_join_refused_when_the_room_is_gone_mid_flood(server):
         meeting = await server.meeting()
         async with connect(server.url, server.token(meeting, "a")) as a:
             await ping(a)
+
+
+# Nesting depth: limited at parse time, so what is accepted can be relayed (issue 11 #6)
+
+
+def _nested_offer(depth: int) -> str:
+    """A signal:offer frame nesting ``depth`` levels in all (its own object is level 1)."""
+    inner = depth - 3  # the frame, its data and the offer object are three levels
+    offer = '{"a":' * inner + "{}" + "}" * inner
+    return '{"event":"signal:offer","data":{"targetEmpId":"b","offer":' + offer + "}}"
+
+
+@pytest.mark.parametrize("depth", [3, 64, MAX_NESTING_DEPTH - 1, MAX_NESTING_DEPTH])
+def test_a_frame_nested_up_to_the_limit_is_accepted_and_can_be_encoded_again(depth):
+    request = decode_request(_nested_offer(depth))
+    # What the server would relay: the offer re-encoded inside a frame of the same depth.
+    relayed = encode_event("signal:offer", {"fromEmpId": "a", "offer": request.data["offer"]})
+    assert json.loads(relayed)["data"]["offer"] == request.data["offer"]
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH + 1, 256, 257, 990, 1023, 1024, 5000])
+def test_a_frame_nested_past_the_limit_is_bad_json_naming_the_limit(depth):
+    with pytest.raises(ProtocolError) as info:
+        decode_request(_nested_offer(depth))
+    assert info.value.code is ErrorCode.BAD_JSON
+    assert str(MAX_NESTING_DEPTH) in info.value.message or depth > 1024
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    text = json.dumps({"event": "ping", "data": {"pad": "[{" * 5000}})
+    assert decode_request(text).data["pad"] == "[{" * 5000
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH, MAX_NESTING_DEPTH + 1, 300, 990])
+async def test_a_deeply_nested_signal_costs_the_sender_an_error_not_its_session(server, depth):
+    """The issue's reproduction: a signal nested 990 levels closed its sender with 1011."""
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        async with (
+            raw_client(server.url) as a,
+            connect(server.url, server.token(meeting, "b")) as b,
+        ):
+            assert (await a.authenticate(server.token(meeting, "a")))["event"] == "room:joined"
+            await a.send_text(_nested_offer(depth))
+            await a.send_json("ping", id="after")
+            answers = []  # everything up to the ack of the ping: the session survived
+            while (frame := await a.receive_json()).get("id") != "after":
+                answers.append(frame)
+            assert frame["event"] == "ack"
+            if depth <= MAX_NESTING_DEPTH:
+                assert answers == []
+                offer = await b.wait_for("signal:offer")
+                assert offer.data["offer"] == json.loads(_nested_offer(depth))["data"]["offer"]
+            else:
+                assert [f["data"]["code"] for f in answers] == ["BAD_JSON"]
+                assert str(MAX_NESTING_DEPTH) in answers[0]["data"]["message"]
+            await ping(b)
+
+
+# Every field of every client event, of every JSON type: an answer, never a crash
+
+
+json_scalars = (  # (what orjson reads: no NaN or Infinity, integers within 64 bits)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KIND_OF = {"string": str, "object": dict, "boolean": bool}
+
+
+@st.composite
+def event_with_one_field_of_any_type(draw: st.DrawFn) -> tuple[str, str, object, dict]:
+    event = draw(st.sampled_from([e for e, fields in CLIENT_EVENTS.items() if fields]))
+    fields = CLIENT_EVENTS[event]
+    spec = draw(st.sampled_from(fields))
+    data = {f.name: _valid_value(f.kind) for f in fields}
+    value = draw(st.one_of(json_scalars, json_values))
+    data[spec.name] = value
+    return event, spec.name, value, data
+
+
+def _valid_value(kind: str) -> object:
+    return {"string": "x", "object": {}, "object-or-null": None, "boolean": True}[kind]
+
+
+def _type_fits(kind: str, value: object) -> bool:
+    if kind == "object-or-null":
+        return value is None or isinstance(value, dict)
+    return isinstance(value, _KIND_OF[kind])
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_with_one_field_of_any_type(), st.one_of(st.none(), json_values))
+def test_any_json_value_in_any_field_of_any_event_is_accepted_or_invalid_field(case, request_id):
+    event, name, value, data = case
+    spec = next(f for f in CLIENT_EVENTS[event] if f.name == name)
+    frame = {"event": event, "data": data}
+    if request_id is not None:
+        frame["id"] = request_id
+    try:
+        request = decode_request(json.dumps(frame))
+    except ProtocolError as exc:
+        assert exc.code is ErrorCode.INVALID_FIELD
+        assert exc.field in ("id", f"data.{name}")
+        if exc.field == f"data.{name}":
+            assert (
+                not _type_fits(spec.kind, value)
+                or (isinstance(value, str) and len(value) > spec.max_length > 0)
+                or (value is None and spec.required and spec.kind != "object-or-null")
+            )
+        return
+    assert _type_fits(spec.kind, value) or (value is None and not spec.required)
+    # And whatever is accepted can be written back out (relayed, or echoed in an ack).
+    encode_event(request.event, request.data, request.id)
+
+
+async def test_a_correctly_signed_token_with_a_string_exp_is_auth_failed_not_1011(server):
+    """The issue's reproduction: TypeError in verification closed with 1011, no error frame."""
+    with trio.fail_after(DEADLINE):
+        meeting = await server.meeting()
+        now = int(time.time())
+        for claim, value in (("exp", str(now + 3600)), ("iat", str(now)), ("exp", {"t": 1})):
+            claims = {
+                "mid": meeting.id, "sub": "mallory", "role": "PARTICIPANT", "iat": now,
+                "exp": now + 3600, "jti": {"any": ["json"]}, "aud": "meshroom", "iss": "meshroom",
+            }  # fmt: skip
+            claims[claim] = value
+            token = jwt.encode(claims, server.settings.secret, algorithm="HS256")
+            async with raw_client(server.url) as client:
+                await client.send_json("auth", {"meetingAccessToken": token}, id=1)
+                frames = await client.frames_until_closed()
+                assert [(f["data"]["code"], f["id"]) for f in frames] == [("AUTH_FAILED", 1)]
+                assert claim in frames[0]["data"]["message"]
+                assert client.close_code == 4001
+        # And the same employee with a sound token, jti an object, gets in.
+        claims[claim] = now + 3600
+        token = jwt.encode(claims, server.settings.secret, algorithm="HS256")
+        async with raw_client(server.url) as client:
+            assert (await client.authenticate(token))["event"] == "room:joined"

@@ -9,7 +9,10 @@ and HS/RS confusion are refused by construction.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -103,6 +106,33 @@ def mint_token(
 
 
 _REQUIRED: Final = ["exp", "iat", "sub", "mid", "role", "jti", "aud", "iss"]
+# PyJWT checks no claim's type before using it (a string `exp` of digits passes, one of
+# letters is "malformed", an object raises TypeError), and insists on a string `jti`
+# and `sub`. Those checks are made here instead, with messages that name the claim.
+_DECODE_OPTIONS: Final = {
+    "require": _REQUIRED,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_jti": False,
+    "verify_sub": False,
+}
+_TIME_CLAIMS: Final = ("iat", "nbf", "exp")
+_ROLES: Final = frozenset(role.value for role in Role)
+
+
+def _numeric_date(payload: dict[str, Any], claim: str) -> float | None:
+    """A time claim as a finite number (RFC 7519 NumericDate: integer or not); None if absent."""
+    value = payload.get(claim)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not math.isfinite(value))  # NaN, Infinity
+    ):
+        raise TokenError(f"token claim {claim!r} must be a number of seconds since the epoch")
+    return value
 
 
 def verify_token(keys: TokenKeys, token: str) -> Claims:
@@ -118,13 +148,8 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
             algorithms=[keys.algorithm],
             audience=keys.audience,
             issuer=keys.issuer,
-            leeway=keys.leeway_seconds,
-            options={"require": _REQUIRED},
+            options=_DECODE_OPTIONS,  # type: ignore[arg-type]  # PyJWT types it as a TypedDict
         )
-    except jwt.ExpiredSignatureError:
-        raise TokenError("token has expired") from None
-    except jwt.ImmatureSignatureError:
-        raise TokenError("token is not valid yet") from None
     except jwt.InvalidAudienceError:
         raise TokenError("token was issued for another audience") from None
     except jwt.InvalidIssuerError:
@@ -138,27 +163,48 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
     except jwt.InvalidTokenError:
         raise TokenError("token is malformed") from None
 
+    # The signature holds: from here on the claims are the issuer's, but their JSON types
+    # are still whatever it wrote. Every check below refuses with TokenError, never a crash.
+    iat, nbf, exp = (_numeric_date(payload, claim) for claim in _TIME_CLAIMS)
+    if iat is None or exp is None:  # cannot be: both are required, so not null
+        raise TokenError("token lacks the 'iat' or 'exp' claim")
+    now = time.time()
+    leeway = keys.leeway_seconds
+    # PyJWT's own rules: expired at exp (minus leeway); not valid before nbf or iat.
+    if exp <= now - leeway:
+        raise TokenError("token has expired")
+    if (nbf is not None and nbf > now + leeway) or iat > now + leeway:
+        raise TokenError("token is not valid yet")
+
     meeting_id, emp_id, role = payload["mid"], payload["sub"], payload["role"]
     name = payload.get("name", emp_id)
     if not all(isinstance(v, str) and v for v in (meeting_id, emp_id, name)):
         raise TokenError("token claims mid, sub and name must be non-empty strings")
     if len(emp_id) > 128 or len(name) > 200:
         raise TokenError("token claims sub or name are too long")
+    if not isinstance(role, str) or role not in _ROLES:
+        raise TokenError(f"token role must be one of {', '.join(Role)}")
     try:
-        role = Role(role)
-    except ValueError:
-        raise TokenError(f"token role must be one of {', '.join(Role)}") from None
-    try:
-        issued_at = dt.datetime.fromtimestamp(payload["iat"], dt.UTC)
-        expires_at = dt.datetime.fromtimestamp(payload["exp"], dt.UTC)
+        issued_at = dt.datetime.fromtimestamp(iat, dt.UTC)
+        expires_at = dt.datetime.fromtimestamp(exp, dt.UTC)
     except (OverflowError, ValueError, OSError):
         raise TokenError("token timestamps are out of range") from None
     return Claims(
         meeting_id=meeting_id,
         emp_id=emp_id,
         display_name=name,
-        role=role,
-        jti=str(payload["jti"]),
+        role=Role(role),
+        jti=_jti_text(payload["jti"]),
         issued_at=issued_at,
         expires_at=expires_at,
     )
+
+
+def _jti_text(jti: object) -> str:
+    """``jti`` may be any JSON value (protocol.md §3.2); Claims keeps it as text."""
+    if isinstance(jti, str):
+        return jti
+    try:
+        return json.dumps(jti, sort_keys=True)
+    except (RecursionError, ValueError):
+        return type(jti).__name__

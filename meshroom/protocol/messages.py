@@ -9,7 +9,7 @@ anything else, whatever the input.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,6 +23,10 @@ MAX_ID_LENGTH: Final = 64
 MAX_EMP_ID_LENGTH: Final = 128
 MAX_REASON_LENGTH: Final = 500
 MAX_RESUME_TOKEN_LENGTH: Final = 128
+#: Arrays and objects nested in one frame, its own object included. orjson parses up to
+#: 1024, but a relayed value is encoded again, and past 255 levels orjson's encoder gives
+#: up (and the fallback one recurses in Python): so the limit is enforced at parse time.
+MAX_NESTING_DEPTH: Final = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,10 @@ def decode_request(text: str | bytes) -> Request:
         obj = orjson.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}") from None
+    if _too_deep(text, obj):
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, f"frame nests arrays and objects deeper than {MAX_NESTING_DEPTH}"
+        )
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
 
@@ -157,6 +165,30 @@ def decode_request(text: str | bytes) -> Request:
         if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
             raise _field_error(spec, f"is longer than {spec.max_length}", request_id, event)
     return Request(event=event, data=data, id=request_id)
+
+
+def _too_deep(text: str | bytes, obj: object) -> bool:
+    """Whether ``obj`` (parsed from ``text``) nests deeper than MAX_NESTING_DEPTH."""
+    # Nesting needs an opening bracket per level: counting them (at C speed) clears
+    # nearly every frame without walking the parsed value.
+    if isinstance(text, str):
+        brackets = text.count("[") + text.count("{")
+    else:
+        brackets = text.count(b"[") + text.count(b"{")
+    if brackets <= MAX_NESTING_DEPTH:
+        return False
+    stack: list[tuple[dict[str, object] | list[object], int]] = []
+    if isinstance(obj, dict | list):
+        stack.append((obj, 1))
+    while stack:  # iterative: a recursive walk would hit Python's own recursion limit
+        value, depth = stack.pop()
+        children: Iterable[object] = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth == MAX_NESTING_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _valid_id(value: object) -> bool:
