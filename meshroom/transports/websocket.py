@@ -247,6 +247,9 @@ class Upgrade:
 
 
 ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[None]]
+# Serves a raw stream whose request the listener routed elsewhere (see serve_websocket's
+# extra_route): (stream, the bytes already read off it, remote address).
+StreamRoute = Callable[[trio.abc.Stream, bytes, str], Awaitable[None]]
 
 
 async def accept_websocket(
@@ -258,6 +261,7 @@ async def accept_websocket(
     heartbeat: Heartbeat | None = None,
     origins: OriginPolicy | None = None,
     full: bool = False,
+    received: bytes = b"",
 ) -> tuple[WebSocketConnection, Upgrade] | None:
     """Run the HTTP upgrade handshake on a fresh stream. None if it was refused (and closed).
 
@@ -267,7 +271,7 @@ async def accept_websocket(
     ws = WSConnection(ConnectionType.SERVER)
     request: Request | None = None
     while request is None:
-        data = await stream.receive_some(RECEIVE_SIZE)
+        data, received = received or await stream.receive_some(RECEIVE_SIZE), b""
         if not data:
             await trio.aclose_forcefully(stream)
             return None
@@ -337,6 +341,22 @@ async def _plain_response(
     await trio.aclose_forcefully(stream)
 
 
+async def _request_line(stream: trio.abc.Stream) -> bytes:
+    """Read until the request line is complete (or 8 KiB, or EOF); every byte read."""
+    data = b""
+    while b"\r\n" not in data and len(data) < 8192:
+        more = await stream.receive_some(RECEIVE_SIZE)
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _targets(received: bytes, prefix: str) -> bool:
+    parts = received.split(b" ", 2)
+    return len(parts) > 1 and parts[1].startswith(prefix.encode())
+
+
 def _remote_of(stream: trio.abc.Stream) -> str:
     tcp: Any = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream
     try:
@@ -357,9 +377,13 @@ async def serve_websocket(
     origins: OriginPolicy | None = None,
     slots: ConnectionSlots | None = None,
     handler_nursery: trio.Nursery | None = None,
+    extra_route: tuple[str, StreamRoute] | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections on ``listeners`` at ``path`` and run ``handler`` on each.
+
+    ``extra_route`` = ``(prefix, route)``: a request whose target starts with ``prefix``
+    (e.g. ``/socket.io/``, plain HTTP or WebSocket) is handed to ``route`` instead.
 
     ``listeners`` may be TLS listeners (:class:`trio.SSLListener`): the TLS handshake
     then counts against ``handshake_timeout`` like the HTTP one. ``slots`` bounds the
@@ -382,8 +406,25 @@ async def serve_websocket(
     async def _serve_stream(stream: trio.abc.Stream) -> None:
         remote = _remote_of(stream)
         accepted = None
+        received = b""
+        deadline = trio.current_time() + handshake_timeout
+        if extra_route is not None:
+            with trio.move_on_at(deadline):
+                try:
+                    received = await _request_line(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await trio.aclose_forcefully(stream)
+                    return
+            if _targets(received, extra_route[0]):
+                try:
+                    await extra_route[1](stream, received, remote)
+                except Exception:
+                    log.exception("extra route failed for %s", remote)
+                finally:
+                    await trio.aclose_forcefully(stream)
+                return
         try:
-            with trio.move_on_after(handshake_timeout):
+            with trio.move_on_at(deadline):
                 accepted = await accept_websocket(
                     stream,
                     path=path,
@@ -391,6 +432,7 @@ async def serve_websocket(
                     max_message_bytes=max_message_bytes,
                     heartbeat=heartbeat,
                     origins=origins,
+                    received=received,
                 )
                 if accepted is None:
                     return

@@ -1,0 +1,323 @@
+"""Socket.IO protocol v5 packets, and their translation to meshroom's native frames (sans-I/O).
+
+Socket.IO rides on Engine.IO messages (:mod:`.engineio`). A packet is written::
+
+    <type>[<attachments>-][<namespace>,][<ack id>][<JSON payload>]
+
+    0/meetings,{"meetingAccessToken":"…"}     CONNECT (client → server, with auth)
+    0/meetings,{"sid":"…"}                    CONNECT (server → client, accepted)
+    4/meetings,{"message":"…","data":{…}}     CONNECT_ERROR
+    1/meetings,                               DISCONNECT (either way)
+    2/meetings,12["signal:offer",{…}]         EVENT, with ack id 12
+    3/meetings,12[{…}]                        ACK of the event with id 12
+    5 / 6                                     BINARY_EVENT / BINARY_ACK (refused here)
+
+Reference: https://github.com/socketio/socket-io-protocol (v5) and socket.io-parser,
+whose decoder this one follows in what it accepts and rejects.
+
+:class:`NamespaceBridge` is the translation between one Socket.IO namespace
+connection and one native meshroom connection: Socket.IO events become native
+request frames (ack ids become request ids) and native frames become Socket.IO
+events, acks, CONNECT / CONNECT_ERROR and DISCONNECT. It is pure data in, data
+out, so the trio adapter (:mod:`meshroom.transports.socketio`) stays a thin
+shell and the whole mapping can be fuzzed without sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .codes import CloseCode, ErrorCode
+
+DEFAULT_NAMESPACE: Final = "/"
+# Ack ids must fit a native request id (an integer strictly inside ±2**53).
+MAX_ACK_ID: Final = 2**53 - 1
+# Event names the Socket.IO client reserves for itself; a server may not emit them
+# (socket.io-parser refuses such EVENT packets).
+RESERVED_EVENTS: Final = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+
+class PacketType(enum.IntEnum):
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+class SocketIOProtocolError(ValueError):
+    """Text that is not a valid Socket.IO v5 packet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    type: PacketType
+    namespace: str = DEFAULT_NAMESPACE
+    data: Any = None  # None: no payload
+    id: int | None = None
+    attachments: int = 0  # binary packets only
+
+
+_NO_PAYLOAD: Final = object()
+
+
+def encode(packet: Packet) -> str:
+    """A packet as the text of one Engine.IO message."""
+    parts = [str(int(packet.type))]
+    if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        parts.append(f"{packet.attachments}-")
+    if packet.namespace != DEFAULT_NAMESPACE:
+        parts.append(packet.namespace + ",")
+    if packet.id is not None:
+        parts.append(str(packet.id))
+    if packet.data is not None:
+        parts.append(json.dumps(packet.data, separators=(",", ":"), ensure_ascii=False))
+    return "".join(parts)
+
+
+def decode(text: str) -> Packet:
+    """One packet from the text of an Engine.IO message.
+
+    Raises:
+        SocketIOProtocolError: anything socket.io-parser would refuse, and ack ids
+            too large to be a native request id.
+    """
+    if not text:
+        raise SocketIOProtocolError("empty packet")
+    head = text[0]
+    if not ("0" <= head <= "6"):
+        raise SocketIOProtocolError(f"unknown packet type {head!r}")
+    kind = PacketType(int(head))
+    i = 1
+    n = len(text)
+    attachments = 0
+    if kind in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        dash = text.find("-", i)
+        count = text[i:dash] if dash >= 0 else ""
+        if not (count.isascii() and count.isdigit()):
+            raise SocketIOProtocolError("illegal attachments")
+        attachments = int(count)
+        i = dash + 1
+    namespace = DEFAULT_NAMESPACE
+    if i < n and text[i] == "/":
+        comma = text.find(",", i)
+        end = n if comma < 0 else comma
+        namespace = text[i:end]
+        i = end + 1 if comma >= 0 else n
+    start = i
+    while i < n and "0" <= text[i] <= "9":
+        i += 1
+    ack_id: int | None = None
+    if i > start:
+        if i - start > 16 or int(text[start:i]) > MAX_ACK_ID:
+            raise SocketIOProtocolError("ack id too large")
+        ack_id = int(text[start:i])
+    payload: Any = _NO_PAYLOAD
+    if i < n:
+        try:
+            payload = json.loads(text[i:])
+        except (ValueError, RecursionError):
+            raise SocketIOProtocolError("invalid payload") from None
+    if not _payload_valid(kind, payload):
+        raise SocketIOProtocolError(f"invalid payload for a {kind.name} packet")
+    return Packet(
+        kind,
+        namespace,
+        None if payload is _NO_PAYLOAD else payload,
+        ack_id,
+        attachments,
+    )
+
+
+def _payload_valid(kind: PacketType, payload: Any) -> bool:
+    # As socket.io-parser's isPayloadValid.
+    if kind is PacketType.CONNECT:
+        return payload is _NO_PAYLOAD or isinstance(payload, dict)
+    if kind is PacketType.DISCONNECT:
+        return payload is _NO_PAYLOAD
+    if kind is PacketType.CONNECT_ERROR:
+        return isinstance(payload, str | dict)
+    if kind in (PacketType.EVENT, PacketType.BINARY_EVENT):
+        if not isinstance(payload, list) or not payload:
+            return False
+        first = payload[0]
+        if isinstance(first, bool):
+            return False
+        return isinstance(first, int | float) or (
+            isinstance(first, str) and first not in RESERVED_EVENTS
+        )
+    return isinstance(payload, list)  # ACK, BINARY_ACK
+
+
+def connect_error(namespace: str, message: str, data: dict[str, Any] | None = None) -> Packet:
+    body: dict[str, Any] = {"message": message}
+    if data is not None:
+        body["data"] = data
+    return Packet(PacketType.CONNECT_ERROR, namespace, body)
+
+
+def invalid_namespace(namespace: str) -> Packet:
+    """What a Socket.IO server answers a CONNECT to a namespace it does not serve."""
+    return connect_error(namespace, "Invalid namespace")
+
+
+# Native close codes that mean "the server removed you": the client must not come back
+# on its own, so the namespace gets a Socket.IO DISCONNECT ("io server disconnect").
+# Every other close (shutdown 1001, heartbeat 4010, resumed elsewhere 4013, internal
+# errors) ends only the transport, and socket.io-client reconnects by itself.
+SERVER_DECIDED: Final = frozenset(
+    {
+        CloseCode.NORMAL,  # peer:leave was acked: the client asked to go
+        CloseCode.AUTH_REQUIRED,
+        CloseCode.AUTH_FAILED,
+        CloseCode.AUTH_TIMEOUT,
+        CloseCode.MEETING_UNAVAILABLE,
+        CloseCode.BANNED,
+        CloseCode.KICKED,
+        CloseCode.MEETING_ENDED,
+        CloseCode.REPLACED,
+        CloseCode.DUPLICATE_SESSION,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.ROOM_FULL,
+        CloseCode.RATE_LIMITED,
+    }
+)
+
+
+class Ending(enum.Enum):
+    """What the transport must do after :meth:`NamespaceBridge.closing`."""
+
+    KEEP_TRANSPORT = "keep"  # packets sent (CONNECT_ERROR / DISCONNECT); the client closes
+    CLOSE_TRANSPORT = "close"  # end the Engine.IO session: the client reconnects
+
+
+@dataclass(slots=True)
+class NamespaceBridge:
+    """One Socket.IO namespace connection translated to one native connection.
+
+    Before the native ``room:joined`` / ``room:resumed`` arrives the namespace is
+    *connecting*: nothing is sent to the client (a refusal must become
+    CONNECT_ERROR, and socket.io-client drops events before CONNECT anyway). The
+    join snapshot is answered with CONNECT ``{sid}`` followed by the snapshot as an
+    event, so ``socket.on('room:joined')`` works as on the native protocol.
+    """
+
+    namespace: str
+    sid: str
+    joined: bool = False
+    resume_token: str | None = None  # from the last room:joined / room:resumed
+    client_disconnected: bool = False  # the client sent DISCONNECT (or it is gone)
+    _refusal: dict[str, Any] | None = None  # an error frame received before the join
+    _early: list[Packet] | None = None  # other frames before the join (none expected)
+
+    # -- client → server ------------------------------------------------------------
+
+    def inbound(self, packet: Packet) -> bytes | None:
+        """The native request frame for a packet on this namespace; None if it has none.
+
+        Raises:
+            SocketIOProtocolError: a packet type a client may not send here.
+        """
+        kind = packet.type
+        if kind is PacketType.EVENT:
+            name, *args = packet.data
+            frame: dict[str, Any] = {"event": name if isinstance(name, str) else str(name)}
+            if packet.id is not None:
+                frame["id"] = packet.id
+            if args:
+                # Native events take one object; extra arguments have no meaning there.
+                frame["data"] = args[0]
+            return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+        if kind is PacketType.DISCONNECT:
+            # socket.disconnect(): leaving on purpose, the native peer:leave (no resume).
+            self.client_disconnected = True
+            return b'{"event":"peer:leave"}'
+        if kind is PacketType.ACK:
+            return None  # the server never asks for acks; a stray one is harmless
+        raise SocketIOProtocolError(f"a client may not send {kind.name} on a connected namespace")
+
+    def binary_refusal(self, packet: Packet | None) -> list[Packet]:
+        """The answer to a binary packet (or a stray binary attachment): an error, as native."""
+        error = {
+            "code": ErrorCode.BINARY_NOT_SUPPORTED.value,
+            "message": "binary Socket.IO packets are not supported: meshroom signaling is JSON",
+        }
+        if packet is not None and packet.id is not None:
+            return [Packet(PacketType.ACK, self.namespace, [error], packet.id)]
+        return [Packet(PacketType.EVENT, self.namespace, ["error", error])]
+
+    # -- server → client ------------------------------------------------------------
+
+    def outbound(self, frame: bytes) -> list[Packet]:
+        """The Socket.IO packets for one native frame (JSON text from the core)."""
+        message = json.loads(frame)
+        event: str = message["event"]
+        data = message.get("data", {})
+        request_id = message.get("id")
+        if not self.joined:
+            if event in ("room:joined", "room:resumed"):
+                self.joined = True
+                self.resume_token = data.get("resumeToken") or None
+                early, self._early = self._early or [], None
+                return [
+                    Packet(PacketType.CONNECT, self.namespace, {"sid": self.sid}),
+                    Packet(PacketType.EVENT, self.namespace, [event, data]),
+                    *early,
+                ]
+            if event == "error":
+                self._refusal = data
+                return []
+            early_packets = self._early if self._early is not None else []
+            early_packets.extend(self._as_event(event, data, request_id))
+            self._early = early_packets
+            return []
+        if event == "room:resumed":
+            self.resume_token = data.get("resumeToken") or None
+        return self._as_event(event, data, request_id)
+
+    def _as_event(self, event: str, data: Any, request_id: Any) -> list[Packet]:
+        if event in ("ack", "error") and isinstance(request_id, int) and request_id >= 0:
+            # The reply to an emit with a callback: the callback gets the ack's data,
+            # or the error object (which, unlike any ack payload, has a "code").
+            return [Packet(PacketType.ACK, self.namespace, [data], request_id)]
+        return [Packet(PacketType.EVENT, self.namespace, [event, data])]
+
+    def closing(self, code: int, reason: str) -> tuple[list[Packet], Ending]:
+        """What to send when the core closes the native connection with ``code``."""
+        if not self.joined:
+            refusal = self._refusal or {}
+            data = {
+                "code": refusal.get("code", _code_for_close(code)),
+                "closeCode": code,
+            }
+            message = str(refusal.get("message") or reason or "connection refused")
+            if code in SERVER_DECIDED or refusal:
+                return [connect_error(self.namespace, message, data)], Ending.KEEP_TRANSPORT
+            return [], Ending.CLOSE_TRANSPORT
+        if code in SERVER_DECIDED:
+            if self.client_disconnected:
+                return [], Ending.KEEP_TRANSPORT
+            return [Packet(PacketType.DISCONNECT, self.namespace)], Ending.KEEP_TRANSPORT
+        return [], Ending.CLOSE_TRANSPORT
+
+
+def _code_for_close(code: int) -> str:
+    """An error code for a refusal that came without an error frame (not expected)."""
+    codes: dict[int, ErrorCode] = {
+        CloseCode.AUTH_REQUIRED: ErrorCode.AUTH_REQUIRED,
+        CloseCode.AUTH_FAILED: ErrorCode.AUTH_FAILED,
+        CloseCode.AUTH_TIMEOUT: ErrorCode.AUTH_TIMEOUT,
+        CloseCode.BANNED: ErrorCode.BANNED,
+        CloseCode.MEETING_ENDED: ErrorCode.MEETING_ENDED,
+        CloseCode.DUPLICATE_SESSION: ErrorCode.DUPLICATE_SESSION,
+        CloseCode.ROOM_FULL: ErrorCode.ROOM_FULL,
+        CloseCode.GOING_AWAY: ErrorCode.SHUTTING_DOWN,
+    }
+    return codes.get(code, ErrorCode.INTERNAL_ERROR).value
