@@ -1,12 +1,16 @@
-"""Prometheus metrics. One registry per hub, so several hubs (tests, embedding) never collide."""
+"""Prometheus metrics, fed by the core's events.
+
+One registry per runtime, so several (tests, embedding) never collide. The core
+knows nothing of this module: :meth:`Metrics.observe` subscribes to a hub's
+:class:`~meshroom.core.events.EventBus`.
+"""
 
 from __future__ import annotations
-
-from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .core import events
 from .protocol import LeaveReason
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -52,18 +56,21 @@ class Metrics:
         # Resolved once: labelled children are looked up per message otherwise.
         self._relayed = {event: self.messages.labels(event) for event in _SIGNALS}
         self._left = {reason: self.leaves.labels(reason.value) for reason in LeaveReason}
-        self._relay_count = 0
 
-    def room_opened(self) -> None:
-        self.rooms.inc()
+    def observe(self, bus: events.EventBus) -> None:
+        """Count what the core reports on ``bus`` from now on."""
+        bus.on(events.RoomOpened, lambda _: self.rooms.inc())
+        bus.on(events.RoomClosed, lambda _: self.rooms.dec())
+        bus.on(events.PeerJoined, self._on_joined)
+        bus.on(events.PeerLeft, lambda e: self.peer_left(e.reason))
+        bus.on(events.JoinRejected, lambda e: self.rejected(e.reason))
+        bus.on(events.PeerResumed, lambda _: self.resumed())
+        bus.on(events.ResumeRefused, lambda _: self.resume_refused())
+        bus.on(events.SignalRelayed, lambda e: self._relayed[e.event].inc())
+        bus.on(events.RelayLatency, lambda e: self.relay_latency.observe(e.seconds))
 
-    def room_closed(self) -> None:
-        self.rooms.dec()
-
-    def admitted(self) -> None:
+    def _on_joined(self, _: events.PeerJoined) -> None:
         self.joins.inc()
-
-    def peer_joined(self) -> None:
         self.peers.inc()
 
     def peer_left(self, reason: LeaveReason) -> None:
@@ -78,16 +85,6 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
-
-    def relayed(self, event: str) -> int:
-        """Count one relayed signal; returns the running count, used to sample latency."""
-        self._relayed[event].inc()
-        self._relay_count += 1
-        return self._relay_count
-
-    def observe_relay(self, samples: deque[float], count: int, now: float) -> None:
-        for _ in range(count):
-            self.relay_latency.observe(now - samples.popleft())
 
     def db_call(self, operation: str, seconds: float) -> None:
         self.db_latency.labels(operation).observe(seconds)

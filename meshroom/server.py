@@ -1,11 +1,17 @@
-"""The standalone server: store + hub + WebSocket listener, with graceful shutdown.
+"""The standalone server: the runtime, the signaling listener and the HTTP app.
+
+:meth:`Server.run` reads as what it does: open (validate settings, bind the
+signaling port), start the runtime (store, recovery, hub), serve until
+stopped, then drain (stop accepting, close every peer, stop HTTP).
 
 Task tree (every task has an owner)::
 
     Server.run
-    ├── Hub.run                       rooms, each a nursery of its peers' tasks
-    ├── connection handlers           one per client connection (Hub.serve)
-    └── accept loop                   serve_websocket
+    ├── open_runtime              store + Hub.run (rooms, each a nursery of its peers)
+    └── serving
+        ├── accept loop           serve_websocket, in a cancel scope of its own
+        ├── connection handlers   one per client connection (Hub.serve)
+        └── HTTP                  hypercorn: REST API, Quart WebSocket, ops
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import trio
 
 from .config import ConfigError, Settings
 from .core import Hub
-from .store import SqlStore, StoreError
+from .runtime import Runtime, open_runtime, safe_url
+from .runtime import open_store as open_store  # for meshroom.cli until it imports runtime
 from .transports.websocket import Heartbeat, Upgrade, WebSocketConnection, serve_websocket
 
 log = logging.getLogger(__name__)
@@ -31,11 +38,15 @@ SIGNALING_PATH = "/meetings"
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub: Hub | None = None
+        self.runtime: Runtime | None = None
         self.port: int | None = None
         self.http_port: int | None = None
         self._http_done = trio.Event()
         self._stop = trio.Event()
+
+    @property
+    def hub(self) -> Hub | None:
+        return self.runtime.hub if self.runtime is not None else None
 
     @property
     def url(self) -> str:
@@ -56,96 +67,95 @@ class Server:
         """Serve until ``shutdown_trigger`` returns or :meth:`request_shutdown` is called.
 
         Raises:
-            ConfigError: a setting, the database or the port is unusable (one-line message).
+            ConfigError: a setting, the database or a port is unusable (one-line message).
         """
         settings = self.settings
-        hub_config = settings.hub_config()
-        attendance = settings.attendance_config()
-        keys = settings.token_keys()
+        listeners = await self._listen()
+        # The runtime starts only now that the port is ours: a second server started by
+        # mistake must not run crash recovery over the first one's live rows.
+        async with open_runtime(settings) as runtime:
+            self.runtime = runtime
+            async with trio.open_nursery() as serving:
+                http_stop = trio.Event()
+                if settings.http_port is not None:
+                    await self._start_http(serving, runtime, http_stop)
+                else:
+                    self._http_done.set()
+                accepting = trio.CancelScope()
+                await serving.start(self._accept, runtime.hub, listeners, serving, accepting)
+                log.info(
+                    "meshroom signaling on %s, HTTP API on %s (database %s)",
+                    self.url,
+                    self.http_url or "(off)",
+                    safe_url(settings.database_url),
+                )
+                task_status.started(self)
+                await self._wait_for_stop(shutdown_trigger)
+                log.info("shutting down: closing every peer")
+                accepting.cancel()  # stop accepting first
+                with trio.move_on_after(settings.close_timeout + 5):
+                    await runtime.hub.shutdown()
+                http_stop.set()
+                with trio.move_on_after(settings.close_timeout):
+                    await self._http_done.wait()
+                serving.cancel_scope.cancel()
+
+    async def _listen(self) -> list[trio.abc.Listener[Any]]:
+        settings = self.settings
         tls = settings.ssl_context()
-        origins = settings.origin_policy()
+        try:
+            listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        self.port = listeners[0].socket.getsockname()[1]
+        if tls is None:
+            return list(listeners)
+        # https_compatible: browsers hang up without TLS close_notify; that is no error.
+        return [trio.SSLListener(lst, tls, https_compatible=True) for lst in listeners]
+
+    async def _accept(
+        self,
+        hub: Hub,
+        listeners: list[trio.abc.Listener[Any]],
+        handlers: trio.Nursery,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        settings = self.settings
         heartbeat = (
             Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
             if settings.heartbeat_interval > 0
             else None
         )
-        store = open_store(settings)
-        try:
-            await store.open()
-        except StoreError as exc:
-            await store.close()
-            raise ConfigError(
-                f"cannot open the database {_safe_url(settings.database_url)}: {exc}"
-            ) from None
-        try:
-            listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-        except OSError as exc:
-            await store.close()
-            raise ConfigError(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
-        # Only now that the port is ours: a second server started by mistake must not
-        # close the first one's rows. (Two servers on one database are not supported.)
-        await _recover_attendance(store)
-        self.port = listeners[0].socket.getsockname()[1]
-        hub = self.hub = Hub(store, keys, hub_config, attendance=attendance)
-        served: list[trio.abc.Listener[Any]] = list(listeners)
-        if tls is not None:
-            # https_compatible: browsers hang up without TLS close_notify; that is no error.
-            served = [trio.SSLListener(lst, tls, https_compatible=True) for lst in listeners]
 
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
             await hub.serve(conn, token=upgrade.token, resume_token=upgrade.resume_token)
 
-        http_stop = trio.Event()
-        if not settings.http_port:
-            self._http_done.set()
-        try:
-            async with trio.open_nursery() as root:
-                await root.start(hub.run)
-                if settings.http_port:
-                    await self._start_http(root, hub, http_stop)
-                async with trio.open_nursery() as handlers:
-                    async with trio.open_nursery() as acceptor:
-                        await acceptor.start(
-                            lambda task_status: serve_websocket(
-                                handle,
-                                served,
-                                path=SIGNALING_PATH,
-                                max_message_bytes=settings.max_message_bytes,
-                                handshake_timeout=settings.auth_timeout,
-                                heartbeat=heartbeat,
-                                origins=origins,
-                                slots=hub.slots,
-                                handler_nursery=handlers,
-                                task_status=task_status,
-                            )
-                        )
-                        log.info(
-                            "meshroom signaling on %s, HTTP API on %s (database %s)",
-                            self.url,
-                            self.http_url or "(off)",
-                            _safe_url(settings.database_url),
-                        )
-                        task_status.started(self)
-                        async with trio.open_nursery() as waiter:
-                            waiter.start_soon(_set_when_done, shutdown_trigger, self._stop)
-                            await self._stop.wait()
-                            waiter.cancel_scope.cancel()
-                        log.info("shutting down: closing every peer")
-                        acceptor.cancel_scope.cancel()  # stop accepting first
-                    with trio.move_on_after(settings.close_timeout + 5):
-                        await hub.shutdown()
-                    handlers.cancel_scope.cancel()
-                http_stop.set()
-                with trio.move_on_after(settings.close_timeout):
-                    await self._http_done.wait()
-                root.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await store.close()
+        with scope:
+            await serve_websocket(
+                handle,
+                listeners,
+                path=SIGNALING_PATH,
+                max_message_bytes=settings.max_message_bytes,
+                handshake_timeout=settings.auth_timeout,
+                heartbeat=heartbeat,
+                origins=settings.origin_policy(),
+                slots=hub.slots,
+                handler_nursery=handlers,
+                task_status=task_status,
+            )
 
-    async def _start_http(self, nursery: trio.Nursery, hub: Hub, stop: trio.Event) -> None:
+    async def _wait_for_stop(self, trigger: Callable[[], Awaitable[None]] | None) -> None:
+        async with trio.open_nursery() as waiter:
+            if trigger is not None:
+                waiter.start_soon(_set_when_done, trigger, self._stop)
+            await self._stop.wait()
+            waiter.cancel_scope.cancel()
+
+    async def _start_http(self, nursery: trio.Nursery, runtime: Runtime, stop: trio.Event) -> None:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
@@ -176,7 +186,7 @@ class Server:
             config.read_timeout = math.ceil(
                 settings.heartbeat_interval + settings.heartbeat_timeout
             )
-        app = create_app(settings, hub=hub)
+        app = create_app(settings, runtime=runtime)
 
         async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
             try:
@@ -202,36 +212,6 @@ class Server:
         return f"{scheme}://{host}:{self.http_port}"
 
 
-def open_store(settings: Settings) -> SqlStore:
-    """The configured store, or a ConfigError naming what is wrong with the URL."""
-    try:
-        return SqlStore(
-            settings.database_url,
-            pool_size=settings.db_pool_size,
-            auto_migrate=settings.auto_migrate,
-        )
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"the database driver {exc.name!r} is not installed "
-            "(for PostgreSQL: pip install 'meshroom[postgres]')"
-        ) from None
-    except Exception as exc:
-        raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
-
-
-async def _recover_attendance(store: SqlStore) -> None:
-    """Close the rows an unclean stop left open (no peer of this server is live yet)."""
-    recovered = await store.recover_open_attendance()
-    if recovered:
-        log.warning(
-            "crash recovery: closed %d attendance row(s) left open by an unclean stop, "
-            "each at its last heartbeat (closed_by_recovery)",
-            recovered,
-        )
-    else:
-        log.info("crash recovery: no attendance rows were left open")
-
-
 async def _set_when_done(trigger: Callable[[], Awaitable[None]] | None, event: trio.Event) -> None:
     if trigger is not None:
         await trigger()
@@ -244,12 +224,3 @@ async def wait_for_signal() -> None:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
             return
-
-
-def _safe_url(url: str) -> str:
-    try:
-        import sqlalchemy as sa
-
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<invalid url>"

@@ -145,7 +145,10 @@ class MeetingService:
         return meeting
 
     async def unban(self, ref: str, emp_id: str) -> bool:
+        """Lift a ban (with a hub, also a kick's rejoin block); True if there was a ban."""
         meeting = await self.find(ref)
+        if self.hub is not None:
+            return await self.hub.controls.unban(meeting.id, emp_id)
         return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id)
 
     async def bans(self, ref: str) -> list[Ban]:

@@ -21,6 +21,7 @@ import trio
 from meshroom import Role, mint_token
 from meshroom.auth import TokenKeys
 from meshroom.core import ConnectionClosed, ConnectionTimedOut, Hub, HubConfig
+from meshroom.metrics import Metrics
 from meshroom.store import Meeting, MeetingStatus, SqlStore
 
 SECRET = "memory-hub-secret-" + "x" * 40
@@ -151,6 +152,8 @@ class MemoryHub:
         self.hub = hub
         self.store = store
         self.nursery = nursery
+        self.metrics = Metrics()  # fed by the hub's events, as the runtime wires it
+        self.metrics.observe(hub.events)
 
     async def meeting(self, title: str = "Standup", host: str = "host") -> Meeting:
         meeting = await self.store.create_meeting(title=title, host_emp_id=host)

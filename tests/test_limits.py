@@ -200,7 +200,7 @@ async def test_a_full_room_refuses_with_room_full_and_4011(mock_clock, real_time
         await trio.testing.wait_all_tasks_blocked()
         _, refused = await h.join(meeting, "dave")
         assert refused["data"]["code"] == "ROOM_FULL"
-        assert h.hub.metrics.rejections.labels("room-full")._value.get() == 2
+        assert h.metrics.rejections.labels("room-full")._value.get() == 2
 
 
 async def test_concurrent_joins_never_overfill_a_room():

@@ -313,17 +313,16 @@ async def _scenario(batches_: list[list[Op]], resume_grace: float = 0) -> list[s
                         )
 
             # No task or channel outlives its room.
-            assert hub._nursery is not None
-            tasks = [t.name for t in hub._nursery.child_tasks]
-            if len(tasks) != 2:  # the leave writer and the heartbeats
-                w.fail(f"tasks left in the hub: {tasks}")
+            kept = hub.bookkeeping()
+            if len(kept.tasks) != 2:  # the leave writer and the heartbeats
+                w.fail(f"tasks left in the hub: {kept.tasks}")
             for peer in peers:
                 if not peer.finished.is_set():
                     w.fail(f"{peer} never finished")
                 if peer.outbox_reader.statistics().open_send_channels:
                     w.fail(f"{peer}'s outbox is still open")
-            if len(hub._employee_locks) or len(hub._room_locks) or hub._joining or hub._unjoined:
-                w.fail("the hub kept locks or join bookkeeping")
+            if kept.room_locks or kept.employee_locks or kept.joining or kept.unjoined:
+                w.fail(f"the hub kept locks or join bookkeeping: {kept}")
             return w.violations
 
 

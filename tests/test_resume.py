@@ -26,7 +26,7 @@ from conftest import server_settings, start_server
 from meshroom import Role
 from meshroom.client import connect
 from meshroom.core import HubConfig
-from meshroom.core.room import Room, _Outcome
+from meshroom.core.events import PeerDetached, PeerFinished
 
 GRACE = 15.0
 CONFIG = HubConfig(close_timeout=1.0, resume_grace=GRACE)
@@ -212,8 +212,8 @@ async def test_resume_credential_is_single_use(mock_clock, real_time_watchdog):
         left = await alice.wait_for("peer:left", empId="bob")
         assert left["data"]["reason"] == "replaced"
         assert bob2.close_code == 4007
-        assert h.hub.metrics.resumes.labels("refused")._value.get() == 1
-        assert h.hub.metrics.resumes.labels("resumed")._value.get() == 1
+        assert h.metrics.resumes.labels("refused")._value.get() == 1
+        assert h.metrics.resumes.labels("resumed")._value.get() == 1
 
 
 async def test_a_wrong_token_for_the_right_employee_is_an_ordinary_join(
@@ -316,10 +316,12 @@ async def test_detached_peer_whose_outbox_fills_up_is_dropped_as_slow(
         bob, _ = await _joined(h, meeting, "bob")
         bob.drop()
         await trio.testing.wait_all_tasks_blocked()
-        for n in range(9):
-            await _offer(alice, "bob", n)
-        left = await alice.wait_for("peer:left", empId="bob")
-        assert left["data"]["reason"] == "slow-consumer"
+        with h.hub.events.subscribe(PeerFinished) as finished:
+            for n in range(9):
+                await _offer(alice, "bob", n)
+            left = await alice.wait_for("peer:left", empId="bob")
+            assert left["data"]["reason"] == "slow-consumer"
+            assert (await finished.receive()).emp_id == "bob"  # its teardown is complete
         # Bounded: nothing more was kept for it than its outbox holds.
         rows = {r.emp_id: r for r in await h.store.attendance_for_meeting(meeting.id)}
         assert rows["bob"].leave_reason == "slow-consumer"
@@ -371,73 +373,60 @@ async def test_heartbeats_do_not_count_a_detached_peer_as_present(mock_clock, re
         room = h.room(meeting)
         bob.drop()
         await trio.testing.wait_all_tasks_blocked()
-        assert h.hub._live_attendance_ids() == [room.peers["alice"].attendance_id]
+        assert h.hub.live_attendance_ids() == [room.peers["alice"].attendance_id]
 
 
 # Over loopback
 
 
-@pytest.fixture
-def detachments(monkeypatch: pytest.MonkeyPatch) -> dict[str, trio.Event]:
-    """An event per employee, set when the server has detached that peer."""
-    events: dict[str, trio.Event] = {}
-    original = Room._session_end
-
-    def session_end(self: Room, peer: Any) -> _Outcome:
-        outcome = original(self, peer)
-        if outcome is _Outcome.DETACH:
-            events.setdefault(peer.emp_id, trio.Event()).set()
-        return outcome
-
-    monkeypatch.setattr(Room, "_session_end", session_end)
-    return events
+async def _detached(events: trio.MemoryReceiveChannel[Any], emp_id: str) -> None:
+    async for event in events:
+        if event.emp_id == emp_id:
+            return
 
 
-async def _detached(events: dict[str, trio.Event], emp_id: str) -> None:
-    await events.setdefault(emp_id, trio.Event()).wait()
-
-
-async def test_resume_over_the_wire_after_an_abrupt_drop(tmp_path, detachments):
+async def test_resume_over_the_wire_after_an_abrupt_drop(tmp_path):
     settings = server_settings(tmp_path, resume_grace=GRACE)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)
-            meeting = await server.meeting()
-            async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
-                async with raw_client(server.url) as bob:
-                    joined = await bob.authenticate(server.token(meeting, "bob"))
-                    token = joined["data"]["resumeToken"]
-                    await alice.wait_for("peer:joined", empId="bob")
-                    await bob.abort()  # no close frame: the network just went
-                await _detached(detachments, "bob")
-                await alice.offer("bob", {"type": "offer", "sdp": "while-away"})
-                await alice.set_presence(handRaised=True)
-                async with connect(
-                    server.url, server.token(meeting, "bob"), resume_token=token
-                ) as bob2:
-                    assert bob2.resumed
-                    assert bob2.snapshot["queued"] == 2
-                    assert bob2.resume_token not in (None, token)
-                    offer = await bob2.next_event()
-                    assert (offer.name, offer.data["offer"]["sdp"]) == (
-                        "signal:offer",
-                        "while-away",
-                    )
-                    presence = await bob2.next_event()
-                    assert presence.name == "presence:updated"
-                    await ping(alice)
-                    await ping(bob2)
-                    assert alice._events.statistics().current_buffer_used == 0  # no churn
-                    await bob2.leave()
-                left = await alice.wait_for("peer:left", empId="bob")
-                assert left.data["reason"] == "left"
-            rows = await server.store.attendance_for_meeting(meeting.id)
-            bob_rows = [r for r in rows if r.emp_id == "bob"]
-            assert len(bob_rows) == 1 and bob_rows[0].leave_reason == "left"
-            server.server.request_shutdown()
+            with server.hub.events.subscribe(PeerDetached) as detachments:
+                meeting = await server.meeting()
+                async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
+                    async with raw_client(server.url) as bob:
+                        joined = await bob.authenticate(server.token(meeting, "bob"))
+                        token = joined["data"]["resumeToken"]
+                        await alice.wait_for("peer:joined", empId="bob")
+                        await bob.abort()  # no close frame: the network just went
+                    await _detached(detachments, "bob")
+                    await alice.offer("bob", {"type": "offer", "sdp": "while-away"})
+                    await alice.set_presence(handRaised=True)
+                    async with connect(
+                        server.url, server.token(meeting, "bob"), resume_token=token
+                    ) as bob2:
+                        assert bob2.resumed
+                        assert bob2.snapshot["queued"] == 2
+                        assert bob2.resume_token not in (None, token)
+                        offer = await bob2.next_event()
+                        assert (offer.name, offer.data["offer"]["sdp"]) == (
+                            "signal:offer",
+                            "while-away",
+                        )
+                        presence = await bob2.next_event()
+                        assert presence.name == "presence:updated"
+                        await ping(alice)
+                        await ping(bob2)
+                        assert alice._events.statistics().current_buffer_used == 0  # no churn
+                        await bob2.leave()
+                    left = await alice.wait_for("peer:left", empId="bob")
+                    assert left.data["reason"] == "left"
+                rows = await server.store.attendance_for_meeting(meeting.id)
+                bob_rows = [r for r in rows if r.emp_id == "bob"]
+                assert len(bob_rows) == 1 and bob_rows[0].leave_reason == "left"
+                server.server.request_shutdown()
 
 
-async def test_resume_over_the_quart_route_with_the_token_in_the_url(tmp_path, detachments):
+async def test_resume_over_the_quart_route_with_the_token_in_the_url(tmp_path):
     import socket
 
     with socket.socket() as probe:
@@ -447,24 +436,28 @@ async def test_resume_over_the_quart_route_with_the_token_in_the_url(tmp_path, d
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)
-            meeting = await server.meeting()
-            quart_url = server.http_url.replace("http://", "ws://", 1) + "/meetings"
-            async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
-                async with raw_client(quart_url) as bob:
-                    joined = await bob.authenticate(server.token(meeting, "bob"))
-                    token = joined["data"]["resumeToken"]
-                    await bob.abort()
-                await _detached(detachments, "bob")
-                await alice.offer("bob", {"type": "offer", "sdp": "x"})
-                async with connect(
-                    quart_url, server.token(meeting, "bob"), token_in_query=True, resume_token=token
-                ) as bob2:
-                    assert bob2.resumed
-                    assert (await bob2.next_event()).name == "signal:offer"
-                    await bob2.leave()
-                left = await alice.wait_for("peer:left", empId="bob")
-                assert left.data["reason"] == "left"
-            server.server.request_shutdown()
+            with server.hub.events.subscribe(PeerDetached) as detachments:
+                meeting = await server.meeting()
+                quart_url = server.http_url.replace("http://", "ws://", 1) + "/meetings"
+                async with connect(server.url, server.token(meeting, "alice", Role.HOST)) as alice:
+                    async with raw_client(quart_url) as bob:
+                        joined = await bob.authenticate(server.token(meeting, "bob"))
+                        token = joined["data"]["resumeToken"]
+                        await bob.abort()
+                    await _detached(detachments, "bob")
+                    await alice.offer("bob", {"type": "offer", "sdp": "x"})
+                    async with connect(
+                        quart_url,
+                        server.token(meeting, "bob"),
+                        token_in_query=True,
+                        resume_token=token,
+                    ) as bob2:
+                        assert bob2.resumed
+                        assert (await bob2.next_event()).name == "signal:offer"
+                        await bob2.leave()
+                    left = await alice.wait_for("peer:left", empId="bob")
+                    assert left.data["reason"] == "left"
+                server.server.request_shutdown()
 
 
 async def test_resume_is_off_when_the_grace_is_zero(tmp_path):

@@ -2,25 +2,24 @@
 
 ``Hub.serve(conn)`` authenticates a connection, admits it through the store,
 attaches it to its meeting's room and returns when the peer's session is over.
-The hub also carries the operations the HTTP API and CLI share with host
-commands (end a meeting, kick, ban), so there is one implementation of each.
+Host controls (kick, ban, end, roles) live in :mod:`meshroom.core.controls`;
+``hub.controls`` is the one instance the rooms, the HTTP API and the CLI share.
+The hub tells the world what happens through ``hub.events``
+(:mod:`meshroom.core.events`); metrics subscribe there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..auth import Claims, TokenError, TokenKeys, verify_token
-from ..ice import IceConfig
-from ..metrics import Metrics
 from ..protocol import (
     CloseCode,
     ErrorCode,
@@ -31,8 +30,8 @@ from ..protocol import (
     encode_error,
 )
 from ..store import (
+    Admission,
     EmployeeBanned,
-    InvalidTransition,
     Leave,
     Meeting,
     MeetingNotFound,
@@ -41,67 +40,43 @@ from ..store import (
     Store,
     StoreUnavailable,
 )
-from . import peer as exits
+from . import lifecycle
 from .attendance import AttendanceConfig, LeaveWriter, run_heartbeats
 from .connection import Connection, ConnectionClosed, MessageTooLarge
+from .controls import HostControls
+from .events import EventBus, JoinRejected, ResumeRefused, RoomClosed, RoomOpened
+from .lifecycle import Exit
 from .limits import ConnectionSlots
 from .locks import KeyedLocks
+from .options import DuplicatePolicy, HubConfig, JoinRefused
 from .peer import Peer
 from .room import Room, utcnow
 
 log = logging.getLogger(__name__)
 
-
-class DuplicatePolicy(enum.StrEnum):
-    """What happens when an employee already in the room joins again."""
-
-    REPLACE = "replace"  # the new connection takes over; the old one is closed (4007)
-    REJECT = "reject"  # the new connection is refused (4008); the old one stays
+__all__ = ["DuplicatePolicy", "Hub", "HubConfig", "JoinRefused"]
 
 
 @dataclass(frozen=True, slots=True)
-class HubConfig:
-    auth_timeout: float = 10.0
-    close_timeout: float = 5.0
-    outbox_size: int = 2048
-    duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
-    ice: IceConfig = field(default_factory=IceConfig)
-    # Seconds a peer whose connection dropped keeps its place for a resume. Off (0) in
-    # the core's defaults; ``meshroom serve`` turns it on (Settings.resume_grace).
-    resume_grace: float = 0.0
-    # Frames per second a connection may send on average, and at once (0 = no limit).
-    rate_limit: float = 200.0
-    rate_burst: float = 1000.0
-    max_room_peers: int = 100  # 0 = no limit
-    max_connections: int = 10000  # per process, over every transport; 0 = no limit
-    # The reconnect hint of server:shutdown, in seconds (each peer gets 1x to 2x of it).
-    shutdown_reconnect_after: float = 5.0
-    # Seconds a kicked employee is refused (KICKED, 4005) before it may join again. Off
-    # (0) in the core's defaults; ``meshroom serve`` sets it (Settings.kick_rejoin_block).
-    kick_rejoin_block: float = 0.0
+class Bookkeeping:
+    """What the hub holds besides its rooms; all zero when it is idle (tests check this)."""
 
-
-class JoinRefused(Exception):
-    def __init__(self, code: ErrorCode, close_code: CloseCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.close_code = close_code
-        self.message = message
-
-
-# How long an ended meeting is remembered in memory, to close the window between
-# a join's admission (meeting still LIVE) and its attachment (meeting ended since).
-_ENDED_MEMORY_SECONDS = 120.0
+    tasks: tuple[str, ...]  # the hub's own long-running tasks
+    room_locks: int
+    employee_locks: int
+    joining: int  # joins between their room-size check and their attachment
+    unjoined: int  # connections that have not authenticated yet
 
 
 class Hub:
+    """Owns the rooms (each a nursery of its peers' tasks) and admits connections to them."""
+
     def __init__(
         self,
         store: Store,
         keys: TokenKeys,
         config: HubConfig | None = None,
         *,
-        metrics: Metrics | None = None,
         attendance: AttendanceConfig | None = None,
     ) -> None:
         self.store = store
@@ -109,22 +84,55 @@ class Hub:
         # Every leave goes through this one writer (see core/attendance.py).
         self.leaves = LeaveWriter(store, self.attendance)
         self.keys = keys
-        self.config = config or HubConfig()
-        self.metrics = metrics or Metrics()
-        if getattr(store, "on_call", False) is None:
-            store.on_call = self.metrics.db_call  # type: ignore[attr-defined]
+        self._config = config or HubConfig()
+        self._events = EventBus()
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self._room_locks = KeyedLocks()
         self._employee_locks = KeyedLocks()
-        self._recently_ended: dict[str, float] = {}
+        self._controls = HostControls(
+            store=store,
+            rooms=self,
+            leaves=self.leaves,
+            config=self._config,
+            events=self._events,
+            employee_locks=self._employee_locks,
+        )
         # Connections held by every transport of this process, against max_connections.
-        self.slots = ConnectionSlots(self.config.max_connections)
+        self.slots = ConnectionSlots(self._config.max_connections)
         # Joins between their room-size check and their attachment, per meeting.
         self._joining: dict[str, int] = {}
         # Connections that have not authenticated yet; shutdown closes them (1001).
         self._unjoined: set[trio.CancelScope] = set()
         self.stopping = False
+
+    # What rooms see of the hub (room.RoomOwner), and what controls see (RoomRegistry)
+
+    @property
+    def config(self) -> HubConfig:
+        return self._config
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
+
+    @property
+    def controls(self) -> HostControls:
+        return self._controls
+
+    async def record_leave(self, leave: Leave) -> None:
+        await self.leaves.record(leave)
+
+    def room_closed(self, room: Room) -> None:
+        self.forget(room)
+
+    def room(self, meeting_id: str) -> Room | None:
+        return self.rooms.get(meeting_id)
+
+    def forget(self, room: Room) -> None:
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+            self._events.emit(RoomClosed(room.id))
 
     # Lifecycle
 
@@ -137,7 +145,7 @@ class Hub:
                 nursery.start_soon(
                     run_heartbeats,
                     self.store,
-                    self._live_attendance_ids,
+                    self.live_attendance_ids,
                     self.attendance.heartbeat_interval,
                 )
                 task_status.started(self)
@@ -159,7 +167,7 @@ class Hub:
                 await self.shutdown()
                 nursery.cancel_scope.cancel()
 
-    async def shutdown(self, reason: exits.Exit | None = None) -> None:
+    async def shutdown(self, exit: Exit | None = None) -> None:
         """Tell every peer, close every connection, record every leave; then return.
 
         Every peer gets ``server:shutdown`` (with a jittered reconnect hint) and
@@ -169,14 +177,27 @@ class Hub:
         self.stopping = True
         for scope in list(self._unjoined):
             scope.cancel()
-        for room in list(self.rooms.values()):
-            room.ending = True
-            for peer in list(room.peers.values()):
-                room._remove(
-                    peer, reason or exits.shutdown(self.config.shutdown_reconnect_after)
-                )
-        for room in list(self.rooms.values()):
+        reconnect_after = self._config.shutdown_reconnect_after
+
+        def make_exit() -> Exit:
+            return exit or lifecycle.shutdown(reconnect_after)
+
+        rooms = list(self.rooms.values())
+        async with trio.open_nursery() as nursery:
+            for room in rooms:
+                nursery.start_soon(room.close_all, make_exit)
+        for room in rooms:
             await room.done.wait()
+
+    def bookkeeping(self) -> Bookkeeping:
+        tasks = tuple(t.name for t in self._nursery.child_tasks) if self._nursery else ()
+        return Bookkeeping(
+            tasks=tasks,
+            room_locks=len(self._room_locks),
+            employee_locks=len(self._employee_locks),
+            joining=sum(self._joining.values()),
+            unjoined=len(self._unjoined),
+        )
 
     # The transport entry point
 
@@ -210,7 +231,7 @@ class Hub:
         try:
             claims = verify_token(self.keys, token)
         except TokenError as exc:
-            self.metrics.rejected("auth-failed")
+            self._events.emit(JoinRejected("auth-failed"))
             await self._refuse(
                 conn,
                 JoinRefused(ErrorCode.AUTH_FAILED, CloseCode.AUTH_FAILED, str(exc)),
@@ -230,7 +251,7 @@ class Hub:
         )
 
     async def _await_auth(self, conn: Connection) -> tuple[str, str | None, RequestId | None]:
-        with trio.move_on_after(self.config.auth_timeout):
+        with trio.move_on_after(self._config.auth_timeout):
             while True:
                 try:
                     message = await conn.receive()
@@ -260,22 +281,29 @@ class Hub:
                     )
                 data = request.data
                 return data["meetingAccessToken"], data.get("resumeToken"), request.id
-        self.metrics.rejected("auth-timeout")
+        self._events.emit(JoinRejected("auth-timeout"))
         raise JoinRefused(
             ErrorCode.AUTH_TIMEOUT,
             CloseCode.AUTH_TIMEOUT,
-            f"no auth request within {self.config.auth_timeout:g} seconds",
+            f"no auth request within {self._config.auth_timeout:g} seconds",
         )
 
     async def _refuse(
         self, conn: Connection, refusal: JoinRefused, request_id: RequestId | None
     ) -> None:
-        with trio.move_on_after(self.config.close_timeout):
+        with trio.move_on_after(self._config.close_timeout):
             with suppress(ConnectionClosed):
                 await conn.send(
                     [encode_error(refusal.code, refusal.message, request_id=request_id)]
                 )
             await conn.close(refusal.close_code, refusal.message[:120])
+
+    def _check_may_join(self, meeting_id: str, emp_id: str) -> None:
+        try:
+            self._controls.check_may_join(meeting_id, emp_id)
+        except JoinRefused as refusal:
+            self._events.emit(JoinRejected(refusal.code.lower().replace("_", "-")))
+            raise
 
     async def _join(
         self,
@@ -286,7 +314,7 @@ class Hub:
     ) -> trio.Event:
         """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
-        self._check_not_ended(meeting_id)
+        self._check_may_join(meeting_id, emp_id)
         async with self._employee_locks.hold((meeting_id, emp_id)):
             if self.stopping:
                 raise self._shutting_down()
@@ -297,14 +325,14 @@ class Hub:
                 done = room.resume(emp_id, resume_token, conn, request_id) if room else None
                 if done is not None:
                     return done
-                self.metrics.resume_refused()
-            existing = room.peers.get(emp_id) if room is not None else None
+                self._events.emit(ResumeRefused(meeting_id, emp_id))
+            existing = room.member(emp_id) if room is not None else None
             if (
                 existing is not None
                 and not existing.detached  # a place kept for a resume is taken over instead
-                and self.config.duplicate_policy is DuplicatePolicy.REJECT
+                and self._config.duplicate_policy is DuplicatePolicy.REJECT
             ):
-                self.metrics.rejected("duplicate")
+                self._events.emit(JoinRejected("duplicate"))
                 raise JoinRefused(
                     ErrorCode.DUPLICATE_SESSION,
                     CloseCode.DUPLICATE_SESSION,
@@ -321,10 +349,10 @@ class Hub:
                     del self._joining[meeting_id]
 
     def _check_room_size(self, meeting_id: str, room: Room | None) -> None:
-        limit = self.config.max_room_peers
+        limit = self._config.max_room_peers
         present = len(room.peers) if room is not None else 0
         if limit and present + self._joining.get(meeting_id, 0) >= limit:
-            self.metrics.rejected("room-full")
+            self._events.emit(JoinRejected("room-full"))
             raise JoinRefused(
                 ErrorCode.ROOM_FULL, CloseCode.ROOM_FULL, f"the room is full ({limit} peers)"
             )
@@ -337,17 +365,17 @@ class Hub:
         admission = await self._admit(claims, joined_at)
         try:
             room = await self._room_for(admission.meeting)
-            self._check_not_ended(meeting_id)
+            self._check_may_join(meeting_id, emp_id)
             if self.stopping:
                 raise self._shutting_down()
         except BaseException:
             # Admitted but never attached: the attendance row must still be closed,
             # and a room opened for this join alone must not stay open, empty.
             if room is not None:
-                room._maybe_close()
+                room.close_if_empty()
             with trio.CancelScope(shield=True):
                 reason = LeaveReason.SERVER_SHUTDOWN if self.stopping else LeaveReason.MEETING_ENDED
-                await self._close_row(admission.attendance_id, reason)
+                await self.leaves.record(Leave(admission.attendance_id, utcnow(), reason.value))
             raise
         peer = Peer(
             emp_id=emp_id,
@@ -355,14 +383,13 @@ class Hub:
             role=admission.role,
             attendance_id=admission.attendance_id,
             joined_at=joined_at,
-            outbox_size=self.config.outbox_size,
+            outbox_size=self._config.outbox_size,
         )
         done = trio.Event()
         room.attach(peer, conn, request_id, done)
-        self.metrics.admitted()
         return done
 
-    async def _admit(self, claims: Claims, at: dt.datetime) -> Any:
+    async def _admit(self, claims: Claims, at: dt.datetime) -> Admission:
         try:
             return await self.store.admit(
                 meeting_id=claims.meeting_id,
@@ -372,54 +399,38 @@ class Hub:
                 at=at,
             )
         except MeetingNotFound:
-            self.metrics.rejected("meeting-not-found")
+            self._events.emit(JoinRejected("meeting-not-found"))
             raise JoinRefused(
                 ErrorCode.MEETING_NOT_FOUND, CloseCode.MEETING_UNAVAILABLE, "meeting does not exist"
             ) from None
         except MeetingNotLive as exc:
             if exc.status is MeetingStatus.ENDED:
-                self.metrics.rejected("meeting-ended")
+                self._events.emit(JoinRejected("meeting-ended"))
                 raise JoinRefused(
                     ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended"
                 ) from None
-            self.metrics.rejected("meeting-not-live")
+            self._events.emit(JoinRejected("meeting-not-live"))
             raise JoinRefused(
                 ErrorCode.MEETING_NOT_LIVE,
                 CloseCode.MEETING_UNAVAILABLE,
                 "meeting has not started yet",
             ) from None
         except EmployeeBanned:
-            self.metrics.rejected("banned")
+            self._events.emit(JoinRejected("banned"))
             raise JoinRefused(
                 ErrorCode.BANNED, CloseCode.BANNED, "you are banned from this meeting"
             ) from None
         except StoreUnavailable:
-            self.metrics.rejected("store-unavailable")
+            self._events.emit(JoinRejected("store-unavailable"))
             raise JoinRefused(
                 ErrorCode.STORE_UNAVAILABLE,
                 CloseCode.TRY_AGAIN_LATER,
                 "the database is unavailable; try again shortly",
             ) from None
 
-    def _check_not_ended(self, meeting_id: str) -> None:
-        now = trio.current_time()
-        for mid, until in list(self._recently_ended.items()):
-            if until < now:
-                del self._recently_ended[mid]
-        if meeting_id in self._recently_ended:
-            self.metrics.rejected("meeting-ended")
-            raise JoinRefused(ErrorCode.MEETING_ENDED, CloseCode.MEETING_ENDED, "meeting has ended")
-
-    def _live_attendance_ids(self) -> list[int]:
-        return [
-            p.attendance_id
-            for room in self.rooms.values()
-            for p in room.peers.values()
-            if not p.detached  # not seen since its connection dropped
-        ]
-
-    async def _close_row(self, attendance_id: int, reason: LeaveReason) -> None:
-        await self.leaves.record(Leave(attendance_id, utcnow(), reason.value))
+    def live_attendance_ids(self) -> list[int]:
+        """Attendance rows of every member seen now (for the last-seen heartbeat)."""
+        return [i for room in self.rooms.values() for i in room.live_attendance_ids()]
 
     async def _room_for(self, meeting: Meeting) -> Room:
         room = self.rooms.get(meeting.id)
@@ -435,57 +446,23 @@ class Hub:
                 room = Room(self, meeting)
                 await self._nursery.start(room.run, name=f"room:{meeting.id}")
                 self.rooms[meeting.id] = room
-                self.metrics.room_opened()
+                self._events.emit(RoomOpened(meeting.id))
             return room
 
-    def _forget_room(self, room: Room) -> None:
-        if self.rooms.get(room.id) is room:
-            del self.rooms[room.id]
-            self.metrics.room_closed()
-
-    # Operations shared by host commands, the HTTP API and the CLI
+    # Shortcuts to the host controls, for the service layer
 
     async def end_meeting(
         self, meeting_id: str, *, by: str | None, actor: Peer | None = None
     ) -> Meeting:
-        """Mark the meeting ENDED (closing every open attendance row) and close its room.
-
-        Returns once every peer (but ``actor``, whose own handler is running) is closed.
-        Raises MeetingNotFound or InvalidTransition.
-        """
-        # Queued leaves first: the end would otherwise close those rows at the end time.
-        await self.leaves.write_now()
-        try:
-            meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
-        except InvalidTransition as exc:
-            # Ended elsewhere (the CLI, another server) while its room lives here: close it too.
-            ended = await self.store.get_meeting(meeting_id)
-            if exc.current is not MeetingStatus.ENDED or meeting_id not in self.rooms or not ended:
-                raise
-            meeting = ended
-        self._recently_ended[meeting_id] = trio.current_time() + _ENDED_MEMORY_SECONDS
-        room = self.rooms.get(meeting_id)
-        if room is not None:
-            self._forget_room(room)  # at once: an ended meeting has no room, even while it closes
-            await room.end(by=by, actor=actor)
-        return meeting
+        return await self._controls.end_meeting(meeting_id, by=by, actor=actor)
 
     async def kick(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool:
-        """Remove a live peer. False if it is not in the room."""
-        room = self.rooms.get(meeting_id)
-        return room is not None and await room.kick(emp_id, by=by)
+        return await self._controls.kick(meeting_id, emp_id, by=by)
 
     async def ban(
         self, meeting_id: str, emp_id: str, *, by: str | None = None, reason: str | None = None
     ) -> None:
-        """Ban an employee (present or not) and remove it if it is in the room."""
-        async with self._employee_locks.hold((meeting_id, emp_id)):
-            await self.store.ban(
-                meeting_id=meeting_id, emp_id=emp_id, by=by, reason=reason, at=utcnow()
-            )
-            room = self.rooms.get(meeting_id)
-            if room is not None:
-                await room.remove_banned(emp_id, by=by)
+        await self._controls.ban(meeting_id, emp_id, by=by, reason=reason)
 
     def live_peers(self, meeting_id: str) -> list[dict[str, Any]]:
         room = self.rooms.get(meeting_id)

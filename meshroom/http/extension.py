@@ -5,25 +5,26 @@
 
 registers the REST API (``/api``), the signaling WebSocket (``/meetings``),
 ``/healthz``, ``/readyz`` and ``/metrics`` under the prefix, an OpenAPI document
-(``/openapi.json``, browsable at ``/docs``), and runs meshroom's hub in the
-application's nursery for as long as the app serves. Settings come from
-``app.config`` keys named like the environment variables (``MESHROOM_DATABASE_URL``,
-``MESHROOM_SECRET``, …), then the environment, then defaults.
+(``/openapi.json``, browsable at ``/docs``), and runs meshroom's runtime
+(:func:`meshroom.runtime.open_runtime`: store, crash recovery, hub, metrics — the
+same as ``meshroom serve``) in the application's nursery for as long as the app serves.
+Settings come from ``app.config`` keys named like the environment variables
+(``MESHROOM_DATABASE_URL``, ``MESHROOM_SECRET``, …), then the environment, then defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
+import trio
 from quart import Quart
 from quart_schema import HttpSecurityScheme, QuartSchema
 
 from ..config import Settings, env_name
 from ..core import Hub
 from ..metrics import Metrics
-from ..server import open_store
+from ..runtime import Runtime, open_runtime
 from ..service import MeetingService
 from ..store import Store
 from .api import api
@@ -43,7 +44,7 @@ class Meshroom:
         app: the application; or call :meth:`init_app` later.
         settings: explicit settings; by default read from ``app.config`` and the environment.
         url_prefix: where everything is mounted (``""`` = the root).
-        hub: an already running hub to serve (the app then does not own store or hub).
+        runtime: an already running runtime to serve (the app then owns none of it).
     """
 
     def __init__(
@@ -52,13 +53,14 @@ class Meshroom:
         *,
         settings: Settings | None = None,
         url_prefix: str = "",
-        hub: Hub | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
-        self._settings = settings
+        self._settings = settings if runtime is None else runtime.settings
         self.url_prefix = url_prefix.rstrip("/")
-        self._hub = hub
-        self._owns_hub = hub is None
-        self._service: MeetingService | None = None
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
         self.api_keys: tuple[str, ...] = ()
         if app is not None:
             self.init_app(app)
@@ -69,28 +71,30 @@ class Meshroom:
         return self._settings
 
     @property
-    def hub(self) -> Hub:
-        if self._hub is None:
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
             raise RuntimeError("meshroom is not serving yet (the app has not started)")
-        return self._hub
+        return self._runtime
+
+    @property
+    def hub(self) -> Hub:
+        return self.runtime.hub
 
     @property
     def store(self) -> Store:
-        return self.hub.store
+        return self.runtime.store
 
     @property
     def metrics(self) -> Metrics:
-        return self.hub.metrics
+        return self.runtime.metrics
 
     @property
     def service(self) -> MeetingService:
-        if self._service is None:
-            self._service = MeetingService(self.hub.store, self.hub.keys, self.hub)
-        return self._service
+        return self.runtime.service
 
     def init_app(self, app: Quart) -> None:
         if self._settings is None:
-            names = {f.name for f in dataclasses.fields(Settings)}
+            names = set(Settings.model_fields)
             from_app = {
                 name: app.config[env_name(name)] for name in names if env_name(name) in app.config
             }
@@ -118,27 +122,29 @@ class Meshroom:
         app.register_blueprint(ops, url_prefix=self.url_prefix or None)
         app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
         app.register_blueprint(web, url_prefix=self.url_prefix or None)
-        if self._owns_hub:
+        if self._owns_runtime:
             app.before_serving(self._start)
             app.after_serving(self._stop)
 
     async def _start(self) -> None:
         from quart import current_app
 
-        settings = self.settings
-        store = open_store(settings)
-        await store.open()
-        hub = Hub(store, settings.token_keys(), settings.hub_config())
-        # The app's nursery owns the hub, and through it every room and peer.
-        await current_app.nursery.start(hub.run)  # type: ignore[attr-defined]
-        self._hub = hub
-        self._service = None
+        # The app's nursery owns the runtime, and through it every room and peer.
+        self._runtime = await current_app.nursery.start(self._run)  # type: ignore[attr-defined]
         log.info("meshroom serving under %r", self.url_prefix or "/")
 
+    async def _run(self, *, task_status: trio.TaskStatus[Runtime]) -> None:
+        try:
+            async with open_runtime(self.settings) as runtime:
+                task_status.started(runtime)
+                await self._stop_requested.wait()
+        finally:
+            self._stopped.set()
+
     async def _stop(self) -> None:
-        if self._hub is not None:
-            await self._hub.shutdown()
-            await self._hub.store.close()
+        if self._runtime is not None:
+            self._stop_requested.set()
+            await self._stopped.wait()
 
 
 def _version() -> str:
@@ -147,11 +153,11 @@ def _version() -> str:
     return __version__
 
 
-def create_app(settings: Settings, *, hub: Hub | None = None, **options: Any) -> Quart:
+def create_app(settings: Settings, *, runtime: Runtime | None = None, **options: Any) -> Quart:
     """meshroom's own HTTP application (what ``meshroom serve`` runs on the HTTP port)."""
     from quart_trio import QuartTrio
 
     app = QuartTrio("meshroom")
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
-    Meshroom(app, settings=settings, hub=hub, **options)
+    Meshroom(app, settings=settings, runtime=runtime, **options)
     return app

@@ -1,0 +1,124 @@
+"""One runtime: the store, crash recovery, the hub and metrics, assembled from settings.
+
+``meshroom serve`` (:mod:`meshroom.server`) and ``Meshroom(app)``
+(:mod:`meshroom.http.extension`) both run meshroom through
+:func:`open_runtime`, so an embedded app gets exactly what the standalone
+server gets: the same attendance settings, the same crash recovery, the same
+metrics wiring.
+
+Task tree::
+
+    open_runtime                 (a nursery of its own, for the block)
+    └── Hub.run                  the leave writer, heartbeats, and every room
+        └── Room.run             a nursery of the room's peers' tasks
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from .config import ConfigError, Settings
+from .core import Hub
+from .metrics import Metrics
+from .service import MeetingService
+from .store import SqlStore, StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a running meshroom consists of; transports and the HTTP API use it."""
+
+    settings: Settings
+    store: SqlStore
+    hub: Hub
+    metrics: Metrics
+    service: MeetingService
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open the store, recover crashed attendance, run the hub; all closed on the way out.
+
+    On exit every peer is told and closed (``server:shutdown``, 1001), queued
+    leaves are written, and the store is closed.
+
+    Raises:
+        ConfigError: a setting or the database is unusable (a one-line message).
+    """
+    hub_config = settings.hub_config()
+    attendance = settings.attendance_config()
+    keys = settings.token_keys()
+    store = open_store(settings)
+    try:
+        await store.open()
+    except StoreError as exc:
+        await store.close()
+        raise ConfigError(
+            f"cannot open the database {safe_url(settings.database_url)}: {exc}"
+        ) from None
+    try:
+        await recover_attendance(store)
+        hub = Hub(store, keys, hub_config, attendance=attendance)
+        metrics = Metrics()
+        metrics.observe(hub.events)
+        store.on_call = metrics.db_call
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            try:
+                yield Runtime(settings, store, hub, metrics, MeetingService(store, keys, hub))
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(
+                    settings.close_timeout + 5
+                ):
+                    await hub.shutdown()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.close()
+
+
+def open_store(settings: Settings) -> SqlStore:
+    """The configured store, or a ConfigError naming what is wrong with the URL."""
+    try:
+        return SqlStore(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            auto_migrate=settings.auto_migrate,
+        )
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the database driver {exc.name!r} is not installed "
+            "(for PostgreSQL: pip install 'meshroom[postgres]')"
+        ) from None
+    except Exception as exc:
+        raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
+
+
+async def recover_attendance(store: SqlStore) -> None:
+    """Close the rows an unclean stop left open (no peer of this process is live yet)."""
+    recovered = await store.recover_open_attendance()
+    if recovered:
+        log.warning(
+            "crash recovery: closed %d attendance row(s) left open by an unclean stop, "
+            "each at its last heartbeat (closed_by_recovery)",
+            recovered,
+        )
+    else:
+        log.info("crash recovery: no attendance rows were left open")
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit for logs: the password hidden."""
+    try:
+        import sqlalchemy as sa
+
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid url>"
