@@ -177,6 +177,12 @@ class WebSocketConnection:
         if self._broken:
             raise ConnectionClosed(self.close_code)
         async with self._send_lock:
+            # Taking the lock may have yielded, and a deadline may have passed meanwhile
+            # (the auth timeout, due with a heartbeat ping): be cancelled here, with nothing
+            # written and the connection intact, rather than inside send_all, which would
+            # leave it marked broken. (On a TCP stream nothing yields between this and
+            # send_all's own check; under TLS, SSLStream has a yield of its own in between.)
+            await trio.lowlevel.checkpoint_if_cancelled()
             sending = True
             try:
                 await self._stream.send_all(data)
