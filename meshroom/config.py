@@ -20,7 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -279,12 +286,29 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    # How the user gave each setting that came from a variable, so that errors found
+    # later (reading a key file, say) name it the way the user wrote it too.
+    _from_variables: frozenset[str] = PrivateAttr(default=frozenset())
+
     def __init__(self, **values: Any) -> None:
         """Defaults, then MESHROOM_* variables, then ``values``; ConfigError if any is bad."""
+        environ = _environ()
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, given=values, environ=_environ())) from None
+            raise ConfigError(_describe(exc, given=values, environ=environ)) from None
+        self._from_variables = frozenset(
+            name for name in self.model_fields_set if name not in values
+        )
+
+    def named(self, name: str, *, like: str | None = None) -> str:
+        """The setting as the user gave it: ``MESHROOM_RATE_LIMIT`` or ``--rate-limit``.
+
+        One the user did not give is spelled like ``like``, the one that asks for it.
+        """
+        given = name in self.model_fields_set or like is None
+        source = name if given else like
+        return env_name(name) if source in self._from_variables else flag_name(name)
 
     @classmethod
     def settings_customise_sources(
@@ -389,9 +413,9 @@ class Settings(BaseSettings):
         """The server TLS context from tls-cert and tls-key, or None when TLS is off."""
         if not self.tls_cert or not self.tls_key:  # both or neither: checked when built
             return None
-        for path in (self.tls_cert, self.tls_key):
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
             # load_cert_chain's own error does not say which of the two files it was.
-            _check_readable(path, "TLS")
+            _check_readable(path, "TLS", self.named(name))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -403,42 +427,58 @@ class Settings(BaseSettings):
     def token_keys(self, *, create_secret: bool = True) -> TokenKeys:
         """The keys that verify (and, where configured, sign) access tokens."""
         options = {"audience": self.jwt_audience, "issuer": self.jwt_issuer}
-        try:
-            if self.jwt_algorithm in SYMMETRIC_ALGORITHMS:
-                secret = self.secret or self._secret_from_file(create=create_secret)
+        if self.jwt_algorithm in SYMMETRIC_ALGORITHMS:
+            if self.secret:
+                secret, origin = self.secret, self.named("secret")
+            else:
+                path = Path(self.secret_file)
+                secret = _secret_file(
+                    path,
+                    "token secret",
+                    env_name("secret"),
+                    create_secret,
+                    self.named("secret_file"),
+                )
+                origin = f"{path} ({self.named('secret_file')})"
+            try:
                 return TokenKeys(self.jwt_algorithm, secret, secret, **options)  # type: ignore[arg-type]
-            if not self.jwt_public_key_file:
-                raise ConfigError(f"{self.jwt_algorithm} needs --jwt-public-key-file")
-            public = _read(self.jwt_public_key_file, "public key")
-            private = (
-                _read(self.jwt_private_key_file, "private key")
-                if self.jwt_private_key_file
-                else None
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {_one_line(exc)}") from None
+        if not self.jwt_public_key_file:
+            raise ConfigError(
+                f"{self.named('jwt_algorithm')}={self.jwt_algorithm} needs "
+                f"{self.named('jwt_public_key_file', like='jwt_algorithm')}"
             )
+        public = _read(self.jwt_public_key_file, "public key", self.named("jwt_public_key_file"))
+        private = (
+            _read(self.jwt_private_key_file, "private key", self.named("jwt_private_key_file"))
+            if self.jwt_private_key_file
+            else None
+        )
+        try:
             return TokenKeys(self.jwt_algorithm, public, private, **options)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ConfigError(_one_line(exc)) from None
-
-    def _secret_from_file(self, *, create: bool) -> str:
-        return _secret_file(Path(self.secret_file), "token secret", env_name("secret"), create)
 
     def api_key_list(self, *, create: bool = True) -> tuple[str, ...]:
         """The keys that authorise /api calls; one is generated and kept if none is set."""
         if self.api_keys:
             return _split(self.api_keys)  # their length is checked when Settings is built
         path = Path(self.api_key_file)
-        key = _secret_file(path, "API key", env_name("api_keys"), create)
+        setting = self.named("api_key_file")
+        key = _secret_file(path, "API key", env_name("api_keys"), create, setting)
         if len(key) < MIN_API_KEY_LENGTH:
             raise ConfigError(
-                f"the API key in {path} must be at least {MIN_API_KEY_LENGTH} characters long"
+                f"the API key in {path} ({setting}) must be at least "
+                f"{MIN_API_KEY_LENGTH} characters long"
             )
         return (key,)
 
 
-def _secret_file(path: Path, what: str, variable: str, create: bool) -> str:
+def _secret_file(path: Path, what: str, variable: str, create: bool, setting: str) -> str:
     """Read a secret kept in a file, or create the file (mode 0600) with a fresh one."""
     if path.exists():
-        secret = _read(str(path), what).strip()
+        secret = _read(str(path), what, setting).strip()
         if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s is readable by other users; chmod 600 it", path)
         return secret
@@ -448,9 +488,11 @@ def _secret_file(path: Path, what: str, variable: str, create: bool) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first: use theirs
-        return _read(str(path), what).strip()
+        return _read(str(path), what, setting).strip()
     except OSError as exc:
-        raise ConfigError(f"cannot create the {what} file {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot create the {what} file {path} ({setting}): {exc.strerror}"
+        ) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     log.info("generated a new %s in %s", what, path)
@@ -465,21 +507,25 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _check_readable(path: str, what: str) -> None:
+def _check_readable(path: str, what: str, setting: str) -> None:
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read the {what} file {path} ({setting}): {exc.strerror}"
+        ) from None
 
 
-def _read(path: str, what: str) -> str:
+def _read(path: str, what: str, setting: str) -> str:
     try:
         return Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read the {what} file {path} ({setting}): {exc.strerror}"
+        ) from None
     except UnicodeDecodeError:
-        raise ConfigError(f"the {what} file {path} is not text (PEM expected)") from None
+        raise ConfigError(f"the {what} file {path} ({setting}) is not text") from None
 
 
 def _one_line(exc: BaseException) -> str:

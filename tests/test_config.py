@@ -317,29 +317,51 @@ def test_token_keys_from_the_secret_or_a_created_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("environ", "values", "message"),
     [
-        ({"jwt_algorithm": "RS256"}, "RS256 needs --jwt-public-key-file"),
+        ({}, {"jwt_algorithm": "RS256"}, "--jwt-algorithm=RS256 needs --jwt-public-key-file"),
         (
-            {"jwt_algorithm": "RS256", "jwt_public_key_file": "missing.pem"},
-            "cannot read the public key file missing.pem: No such file or directory",
+            {"MESHROOM_JWT_ALGORITHM": "ES256"},
+            {},
+            "MESHROOM_JWT_ALGORITHM=ES256 needs MESHROOM_JWT_PUBLIC_KEY_FILE",
         ),
-        ({"secret_file": "."}, "cannot read the token secret file ."),
+        (
+            {},
+            {"jwt_algorithm": "RS256", "jwt_public_key_file": "missing.pem"},
+            "cannot read the public key file missing.pem (--jwt-public-key-file): "
+            "No such file or directory",
+        ),
+        (
+            {"MESHROOM_SECRET_FILE": "."},
+            {},
+            "cannot read the token secret file . (MESHROOM_SECRET_FILE): ",
+        ),
+        ({}, {"secret_file": "short.secret"}, "short.secret (--secret-file): the JWT secret"),
     ],
 )
-def test_file_problems_are_one_line_when_the_keys_are_used(values, message):
-    settings = Settings.from_env({}, **values)
+def test_file_problems_are_one_line_naming_the_setting_when_used(
+    tmp_path, environ, values, message
+):
+    (tmp_path / "short.secret").write_text("tiny\n")
+    settings = Settings.from_env(environ, **values)
     with pytest.raises(ConfigError) as caught:
         settings.token_keys()
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
 
 
+def test_named_spells_a_setting_the_way_it_was_given():
+    settings = Settings.from_env({"MESHROOM_PORT": "1", "MESHROOM_HOST": "::1"}, host="::2")
+    assert settings.named("port") == "MESHROOM_PORT"
+    assert settings.named("host") == "--host"  # the explicit value won
+    assert settings.named("rate_limit") == "--rate-limit"  # a default
+
+
 def test_api_keys_from_the_setting_or_the_file(tmp_path):
     keys = Settings.from_env({}, api_keys="a-long-enough-api-key, another-long-api-key")
     assert keys.api_key_list() == ("a-long-enough-api-key", "another-long-api-key")
     (tmp_path / "short").write_text("tiny\n")
-    with pytest.raises(ConfigError, match="must be at least 16 characters"):
+    with pytest.raises(ConfigError, match=r"^the API key in short \(--api-key-file\) must be"):
         Settings.from_env({}, api_key_file="short").api_key_list()
     created = Settings.from_env({}).api_key_list()
     assert Settings.from_env({}).api_key_list(create=False) == created
@@ -348,7 +370,7 @@ def test_api_keys_from_the_setting_or_the_file(tmp_path):
 def test_tls_files_are_named_when_missing(tmp_path):
     (tmp_path / "cert.pem").write_text("not a certificate")
     settings = Settings.from_env({}, tls_cert="cert.pem", tls_key="key.pem")
-    with pytest.raises(ConfigError, match=r"^cannot read the TLS file key\.pem: "):
+    with pytest.raises(ConfigError, match=r"^cannot read the TLS file key\.pem \(--tls-key\): "):
         settings.ssl_context()
     (tmp_path / "key.pem").write_text("not a key")
     with pytest.raises(ConfigError, match=r"^cannot use the TLS certificate and key: "):
