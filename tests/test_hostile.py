@@ -26,6 +26,7 @@ from meshroom.client import JoinRefused, connect
 from meshroom.core.limits import ConnectionSlots
 from meshroom.protocol import ErrorCode, ProtocolError, decode_request
 from meshroom.protocol.messages import CLIENT_EVENTS, MAX_NESTING_DEPTH, encode_event
+from meshroom.transports.websocket import MAX_REQUEST_HEAD_BYTES
 
 DEADLINE = 20
 
@@ -638,3 +639,53 @@ async def test_a_correctly_signed_token_with_a_string_exp_is_auth_failed_not_101
         token = jwt.encode(claims, server.settings.secret, algorithm="HS256")
         async with raw_client(server.url) as client:
             assert (await client.authenticate(token))["event"] == "room:joined"
+
+
+# Oversized upgrade requests (issue 11 #9): 431, however the bytes are cut
+
+
+async def _status_of_request(server: RunningServer, head: bytes, chunk: int) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.server.port)
+    async with stream:
+        try:
+            for i in range(0, len(head), chunk):
+                await stream.send_all(head[i : i + chunk])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # refused before the rest was sent: the answer is still there to read
+        answer = b""
+        while b"\r\n" not in answer:
+            data = await stream.receive_some(4096)
+            if not data:
+                break
+            answer += data
+    return int(answer.split(b" ", 2)[1])
+
+
+def _upgrade_request(header_bytes: int) -> bytes:
+    padding = b"".join(
+        b"X-Pad-%05d: %s\r\n" % (n, b"p" * 90) for n in range(header_bytes // 105 + 1)
+    )[:header_bytes]
+    padding = padding[: padding.rfind(b"\r\n") + 2]
+    return (
+        b"GET /meetings HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + padding + b"\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("header_bytes", "chunk"),
+    [(20_000, 1 << 20), (60_000, 1 << 20), (70_000, 1 << 20), (200_000, 1 << 20), (17_000, 1000)],
+    ids=["20KiB-whole", "60KiB-whole", "70KiB-whole", "200KiB-whole", "17KiB-in-pieces"],
+)
+async def test_an_upgrade_with_oversized_headers_gets_431(server, header_bytes, chunk):
+    with trio.fail_after(DEADLINE):
+        assert await _status_of_request(server, _upgrade_request(header_bytes), chunk) == 431
+
+
+async def test_an_upgrade_with_headers_just_under_the_limit_is_accepted(server):
+    with trio.fail_after(DEADLINE):
+        head = _upgrade_request(MAX_REQUEST_HEAD_BYTES - 400)
+        assert len(head) <= MAX_REQUEST_HEAD_BYTES
+        assert await _status_of_request(server, head, 1000) == 101
+        assert await _status_of_request(server, head, 1 << 20) == 101

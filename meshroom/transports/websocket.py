@@ -43,6 +43,9 @@ RESUME_QUERY_PARAMETER: Final = "resumeToken"
 REFUSAL_READ_SECONDS: Final = 2.0
 # How long a connection that missed its heartbeat is given to take our close frame.
 TIMED_OUT_CLOSE_SECONDS: Final = 1.0
+# An upgrade request's line and headers; past it, HTTP 431. It is h11's own bound for a
+# head that is still incomplete, applied here to one that arrived whole as well.
+MAX_REQUEST_HEAD_BYTES: Final = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,15 +275,18 @@ async def accept_websocket(
     """Run the HTTP upgrade handshake on a fresh stream. None if it was refused (and closed).
 
     Refusals are plain HTTP answers: 404 for another path, 403 for an Origin not
-    in ``origins``, 503 (with Retry-After) when ``full`` (no connection slot left).
+    in ``origins``, 503 (with Retry-After) when ``full`` (no connection slot left),
+    431 for a request head over MAX_REQUEST_HEAD_BYTES, 426 for anything but an upgrade.
     """
     ws = WSConnection(ConnectionType.SERVER)
     request: Request | None = None
+    head_bytes = 0  # bytes fed to the HTTP parser, the request's and any after it
     while request is None:
         data, received = received or await stream.receive_some(RECEIVE_SIZE), b""
         if not data:
             await trio.aclose_forcefully(stream)
             return None
+        head_bytes += len(data)
         try:
             ws.receive_data(bytes(data))
             for event in ws.events():
@@ -288,10 +294,22 @@ async def accept_websocket(
                     request = event
                     break
         except RemoteProtocolError as exc:
+            if getattr(exc.__context__, "error_status_hint", None) == 431:
+                # h11 gave up on a head still incomplete past MAX_REQUEST_HEAD_BYTES.
+                await _plain_response(stream, 431, "request headers are too large\n")
+                return None
             await _plain_response(
                 stream, 426, f"this endpoint speaks WebSocket only ({exc})\n", upgrade=True
             )
             return None
+    # Bytes the client sent right behind its request (frames, already) are still in
+    # wsproto's HTTP parser; they go to meshroom's frame reader instead.
+    initial = bytes(ws.handshake._h11_connection.trailing_data[0])
+    if head_bytes - len(initial) > MAX_REQUEST_HEAD_BYTES:
+        # One read takes up to 64 KiB, so h11 may have parsed a head over its bound:
+        # refuse it the same, whatever pieces it came in.
+        await _plain_response(stream, 431, "request headers are too large\n")
+        return None
     if full:
         await _plain_response(
             stream, 503, "too many connections; try again shortly\n", retry_after=5
@@ -306,9 +324,6 @@ async def accept_websocket(
         log.info("refused a WebSocket from %s: Origin %r", remote, headers.get("origin"))
         await _plain_response(stream, 403, "this Origin may not open a signaling WebSocket\n")
         return None
-    # Bytes the client sent right behind its request (frames, already) are still in
-    # wsproto's HTTP parser; they go to meshroom's frame reader instead.
-    initial = bytes(ws.handshake._h11_connection.trailing_data[0])
     await stream.send_all(ws.send(AcceptConnection()))
     conn = WebSocketConnection(
         stream,
@@ -332,6 +347,7 @@ async def _plain_response(
         403: "Forbidden",
         404: "Not Found",
         426: "Upgrade Required",
+        431: "Request Header Fields Too Large",
         503: "Service Unavailable",
     }[status]
     payload = body.encode()
