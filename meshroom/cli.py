@@ -417,12 +417,14 @@ def cmd_connect(args: argparse.Namespace, settings: Settings) -> int:
 
 def _connect_problem(exc: BaseException, url: str) -> str | None:
     """What went wrong joining ``url``, in words, or None for an error of another kind."""
+    import h11
     from trio_websocket import (
         ConnectionClosed,
         ConnectionRejected,
         ConnectionTimeout,
         HandshakeError,
     )
+    from wsproto.utilities import ProtocolError
 
     from .client import JoinRefused
 
@@ -449,6 +451,8 @@ def _connect_problem(exc: BaseException, url: str) -> str | None:
         return f"cannot connect to {url}: TLS: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, OSError):
         return f"cannot connect to {url}: {exc.strerror or exc}"
+    if isinstance(exc, (h11.ProtocolError, ProtocolError)):
+        return f"cannot connect to {url}: the server does not speak WebSocket ({exc})"
     if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
         return f"cannot connect to {url}: the server hung up (is it a meshroom server?)"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -592,3 +593,32 @@ def test_errors_raised_inside_a_nursery_are_one_line(
     else:
         (line,) = err.splitlines()
         assert line.startswith("meshroom: error: ") and expected in line
+
+
+async def test_connect_to_something_that_is_not_a_websocket_server_is_one_line(tmp_path):
+    import trio
+
+    async def not_websocket(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some()
+            await stream.send_all(b"\x15\x03\x01\x00\x02\x02\x46 not HTTP\r\n\r\n")
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, not_websocket, 0, host="127.0.0.1")
+        )
+        port = listener.socket.getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/meetings"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHROOM_")}
+        result = await trio.run_process(
+            [sys.executable, "-m", "meshroom", "connect", "tok", "--url", url],
+            env=env,
+            stdin=b"",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"meshroom: error: cannot connect to {url}: the server does not speak")
