@@ -1,6 +1,10 @@
 """``meshroom``: serve, manage meetings, mint tokens. A thin shell over the same services.
 
-Every failure a user can cause prints one line on stderr and exits non-zero.
+Every failure prints one line on stderr, never a traceback (MESHROOM_LOG_LEVEL=DEBUG
+logs the traceback of an unexpected one): exit 2 for a bad command line, flag, variable
+or settings file, found before a port is opened or the database touched; exit 1 for a
+command that ran and failed (database, port in use, server refused the connection...);
+130 on Ctrl-C.
 """
 
 from __future__ import annotations
