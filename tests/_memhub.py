@@ -65,6 +65,7 @@ class MemoryConnection:
         self.close_reason = ""
         self.closed = trio.Event()
         self.dropped = False
+        self.stalled = False  # the client stopped reading: writes and the close hang
         self.served = trio.Event()  # Hub.serve returned for this connection
         self.seen: list[dict[str, Any]] = []  # every frame the test has read, in order
 
@@ -85,6 +86,8 @@ class MemoryConnection:
 
     async def send(self, frames: Sequence[bytes]) -> None:
         await trio.lowlevel.checkpoint()
+        if self.stalled:
+            await trio.sleep_forever()
         if self.dropped or self.closed.is_set():
             raise ConnectionClosed(self.close_code or 1006)
         for frame in frames:
@@ -92,6 +95,8 @@ class MemoryConnection:
 
     async def close(self, code: int, reason: str = "") -> None:
         await trio.lowlevel.checkpoint()
+        if self.stalled:
+            await trio.sleep_forever()
         if not self.closed.is_set():
             self.close_code, self.close_reason = code, reason
             self.closed.set()
@@ -113,6 +118,10 @@ class MemoryConnection:
         """The network goes away: the server's receive fails, its sends fail."""
         self.dropped = True
         self._to_server.close()
+
+    def stall(self) -> None:
+        """The client stops reading, and never answers a close (a frozen tab, a dead NAT)."""
+        self.stalled = True
 
     def time_out(self) -> None:
         """The transport's heartbeat gives up on this client."""

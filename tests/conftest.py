@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+from _memhub import real_time_watchdog_fixture as real_time_watchdog_fixture
 
 from meshroom import Role, Server, Settings, mint_token
 from meshroom.core import Hub

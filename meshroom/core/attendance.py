@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..store import Leave, Store, StoreUnavailable
+from ..store.base import Leave, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import trio
 
 from ..protocol import CloseCode, ErrorCode, Request
 from ..roles import Action, Role, may
-from ..store import InvalidTransition, Meeting, MeetingStatus, Store
+from ..store.base import InvalidTransition, Meeting, MeetingStatus, Store
 from . import lifecycle
 from .attendance import LeaveWriter, utcnow
 from .events import EventBus, MeetingEnded

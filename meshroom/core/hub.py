@@ -29,7 +29,7 @@ from ..protocol import (
     decode_request,
     encode_error,
 )
-from ..store import (
+from ..store.base import (
     Admission,
     EmployeeBanned,
     Leave,

@@ -70,6 +70,15 @@ MEMBER_STATES: Final = frozenset({S.LIVE, S.DETACHED, S.RESUMING})
 del S, T
 
 
+def transition_table() -> str:
+    """The transitions as a Markdown table (docs/protocol.md §9 shows it; a test checks)."""
+    lines = ["| from | step | to |", "|---|---|---|"]
+    for state, moves in TRANSITIONS.items():
+        for step, target in moves.items():
+            lines.append(f"| `{state.value}` | {step.value} | `{target.value}` |")
+    return "\n".join(lines)
+
+
 class LifecycleError(RuntimeError):
     """An illegal transition: meshroom drove a peer wrong (never the client's fault)."""
 

@@ -43,7 +43,7 @@ from ..protocol import (
     encode_protocol_error,
 )
 from ..roles import Role
-from ..store import Leave, Meeting, StoreUnavailable
+from ..store.base import Leave, Meeting, StoreUnavailable
 from . import lifecycle
 from .connection import Connection, ConnectionClosed, ConnectionTimedOut, MessageTooLarge
 from .events import (

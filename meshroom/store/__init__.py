@@ -1,4 +1,12 @@
-"""Persistence: the :class:`Store` interface and its SQLAlchemy implementation."""
+"""Persistence: the :class:`Store` interface and its SQLAlchemy implementation.
+
+``SqlStore`` is loaded on first use: the room core needs only the interface and
+its value types (:mod:`.base`), not SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .base import RECOVERED_LEAVE_REASON as RECOVERED_LEAVE_REASON
 from .base import Admission as Admission
@@ -16,4 +24,14 @@ from .base import SchemaOutOfDate as SchemaOutOfDate
 from .base import Store as Store
 from .base import StoreError as StoreError
 from .base import StoreUnavailable as StoreUnavailable
-from .sql import SqlStore as SqlStore
+
+if TYPE_CHECKING:
+    from .sql import SqlStore as SqlStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SqlStore":
+        from .sql import SqlStore
+
+        return SqlStore
+    raise AttributeError(f"module 'meshroom.store' has no attribute {name!r}")
