@@ -27,7 +27,8 @@ from pydantic.fields import FieldInfo
 from .auth import TokenError
 from .config import OFF, ConfigError, Settings, env_name, flag_name
 from .roles import Role
-from .server import Server, open_store, wait_for_signal
+from .runtime import open_store
+from .server import Server, wait_for_signal
 from .service import MeetingService
 from .store import InvalidTransition, Meeting, MeetingNotFound, MeetingStatus, StoreError
 
