@@ -458,6 +458,21 @@ def test_serve_with_a_short_api_key_is_one_line_and_touches_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no database, no secret files
 
 
+@pytest.mark.parametrize(
+    ("argv", "env_vars", "expected"),
+    [
+        (["serve", "--port", "eighty"], {}, "meshroom: error: --port=eighty: not a whole number"),
+        (["serve"], {"MESHROOM_HTTP_PORT": "x"}, "MESHROOM_HTTP_PORT=x: not a port number or off"),
+        (["teleport"], {}, "meshroom: error: argument COMMAND: invalid choice: 'teleport'"),
+    ],
+)
+def test_usage_errors_are_one_line_in_a_real_process(tmp_path, argv, env_vars, expected):
+    result = meshroom_process(tmp_path, *argv, **env_vars)
+    assert result.stdout == ""
+    assert expected in one_line(result, 2)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_on_an_http_port_in_use_is_one_line(tmp_path):
     # The HTTP listener starts inside the server's nursery: its error arrives in a group.
     with socket.socket() as taken:
