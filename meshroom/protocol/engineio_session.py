@@ -84,7 +84,6 @@ class EngineSession:
         self._outbox: deque[Packet] = deque()
         self.outbox_bytes = 0
         self._noop_due = False  # the pending GET must be released for an upgrade
-        self._close_queued = False
         self.get_in_flight = False
         self.post_in_flight = False
         self.next_ping = now + heartbeat.interval
@@ -117,8 +116,13 @@ class EngineSession:
         """A pending GET can be answered now."""
         return bool(self._outbox) or self._noop_due or self.closed
 
-    def take_poll(self) -> str:
-        """The body for a GET: queued packets (up to ``max_payload`` bytes, at least one)."""
+    def take_poll(self) -> str | None:
+        """The body for a GET: queued packets (up to ``max_payload`` bytes, at least one).
+
+        None once the session is closed and drained: the GET is answered with an error,
+        so the client sees a transport error and reconnects. (A ``1`` close packet
+        would make python-socketio give up; socket.io-client reconnects either way.)
+        """
         self._noop_due = False
         if self.transport is not Transport.POLLING:
             # Upgraded (or upgrading and the probe already released the last GET):
@@ -136,10 +140,7 @@ class EngineSession:
             parts.append(encoded)
             size += len(encoded) + 1
         if not parts:
-            return "1" if self.closed else "6"
-        if self.closed and not self._outbox and not self._close_queued:
-            self._close_queued = True
-            parts.append("1")
+            return None if self.closed else "6"
         return SEPARATOR.join(parts)
 
     def take_websocket(self) -> list[str | bytes]:
@@ -259,7 +260,7 @@ class EngineSession:
         return None
 
     def close(self, reason: str) -> None:
-        """End the session; a polling client gets ``1`` (close) on its next GET."""
+        """End the session: what is queued still goes out, then the transport ends."""
         if self.closed:
             return
         self.closed = True

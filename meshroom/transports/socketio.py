@@ -225,6 +225,8 @@ class _Session:
         key = _token_key(token) if isinstance(token, str) else None
         if not isinstance(resume, str) and key is not None:
             resume = self.endpoint.recall(key)
+            if resume is not None:
+                log.debug("socket.io session %s: resuming a dropped connection", self.sid)
         bridge = NamespaceBridge(NAMESPACE, secrets.token_urlsafe(15))
         conn = self.conn = SocketIOConnection(self, bridge, token_key=key)
         self.connect_deadline = None
@@ -285,6 +287,8 @@ class _Session:
         finally:
             state.end_get()
         self.notify()  # the outbox shrank: a waiting writer may go on
+        if body is None:
+            return _error(400, ErrorCode.UNKNOWN_SID)
         return HttpResponse(200, body.encode())
 
     async def post(self, read_body: BodyReader) -> HttpResponse:
@@ -365,7 +369,7 @@ class _Session:
                     await ws.send([f.encode() if isinstance(f, str) else f for f in frames])
                     continue
                 if state.closed:
-                    await ws.send([b"1"])
+                    # No "1" (close) packet: python-socketio would take it as final.
                     break
                 await self.wait_change()
         except ConnectionClosed:
@@ -462,6 +466,11 @@ class SocketIOConnection:
             await session.wait_change()
 
     async def send(self, frames: Sequence[bytes]) -> None:
+        if self.bridge.client_disconnected:
+            # The client left (DISCONNECT, our peer:leave): what is still said to it,
+            # such as that leave's ack, is moot, and must not turn the leave into a drop
+            # because its transport went away right behind the DISCONNECT.
+            return
         if self._ended:
             raise ConnectionClosed(1006)
         session = self._session
@@ -483,7 +492,9 @@ class SocketIOConnection:
         self._closed = True
         session = self._session
         endpoint = session.endpoint
-        if self._token_key is not None and code in socketio.SERVER_DECIDED:
+        if self._token_key is not None and code in socketio.SERVER_DECIDED and not was_gone:
+            # Removed while connected: nothing to resume. (After a drop the core closes
+            # the gone connection too, with 1000; the remembered token must survive that.)
             endpoint.forget(self._token_key)
         if was_gone:
             session.notify()

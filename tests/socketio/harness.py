@@ -31,6 +31,11 @@ HERE = Path(__file__).parent
 NODE_DIR = HERE / "node"
 # Every observation a test waits for must come within this many seconds.
 WAIT = 10.0
+# The disconnect reason each client library reports for a Socket.IO DISCONNECT from
+# the server (after which it does not reconnect by itself).
+SERVER_DISCONNECT = {"node": "io server disconnect", "python": "server disconnect"}
+# The reasons for a transport that ended under the socket (it then reconnects).
+TRANSPORT_ENDED = {"transport close", "transport error"}
 
 
 @dataclass
@@ -213,3 +218,9 @@ async def driver(kind: str) -> AsyncIterator[Driver]:
         for stream in (process.stdin, process.stdout):
             if stream is not None:
                 await stream.aclose()
+
+
+async def state(d: Driver) -> dict[str, Any]:
+    """Whether the client is connected, and whether it is (or will be) reconnecting."""
+    await d.send("state")
+    return await d.expect("state")

@@ -85,6 +85,16 @@ class Client:
             await self.sio.emit(cmd["event"], cmd.get("data"), namespace=self.namespace)
         elif cmd["cmd"] == "disconnect":
             await self.sio.disconnect()
+        elif cmd["cmd"] == "state":
+            # "active": connected, or a reconnection is under way (as socket.active in JS).
+            reconnecting = self.sio._reconnect_task is not None
+            out(
+                {
+                    "type": "state",
+                    "connected": self.sio.connected,
+                    "active": self.sio.connected or reconnecting,
+                }
+            )
 
 
 async def main() -> None:

@@ -43,6 +43,10 @@ async def test_join_and_relay_among_three(sio: SioServer, client: tuple[str, Any
         assert (await alice.event("peer:joined"))["empId"] == "carol"
         assert (await bob.event("peer:joined"))["empId"] == "carol"
 
+        if kind == "node" and transports is None:
+            # The default: polling first, then the upgrade (2probe/3probe, noop, 5).
+            for peer in (alice, bob, carol):
+                await peer.expect("upgrade", transport="websocket")
         offer = {"type": "offer", "sdp": "v=0 alice"}
         assert await alice.call("signal:offer", {"targetEmpId": "bob", "offer": offer}) == [{}]
         assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}

@@ -19,6 +19,7 @@ function connect(cmd) {
   };
   if (cmd.transports) options.transports = cmd.transports;
   if (cmd.reconnection === false) options.reconnection = false;
+  if (cmd.reconnectionDelay) options.reconnectionDelay = options.reconnectionDelayMax = cmd.reconnectionDelay;
   socket = io(cmd.url + (cmd.namespace || "/meetings"), options);
   const manager = socket.io;
   manager.on("open", () => {

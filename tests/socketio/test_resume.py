@@ -1,0 +1,63 @@
+"""socket.io-client's own reconnection resumes the peer's place (docs/protocol.md §9.5).
+
+The endpoint remembers the resume token of a connection whose transport dropped and
+offers it on the next CONNECT with the same access token: the client code is the
+seed's, unchanged, and others in the room see no leave/join churn.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from meshroom import Role
+
+from .harness import TRANSPORT_ENDED, driver, socketio_server
+
+NODE_CLIENTS = [
+    pytest.param(None, id="node-default"),
+    pytest.param(["websocket"], id="node-websocket"),
+]
+
+
+@pytest.mark.parametrize("transports", NODE_CLIENTS)
+async def test_transport_drop_reconnects_and_resumes(
+    tmp_path: Path, transports: list[str] | None
+) -> None:
+    async with socketio_server(tmp_path, resume_grace=30.0) as sio, AsyncExitStack() as stack:
+        meeting = await sio.native.meeting(host="alice")
+        alice = await stack.enter_async_context(driver("node"))
+        bob = await stack.enter_async_context(driver("node"))
+        await alice.join(
+            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
+        )
+        # A reconnection delay long enough that the server has handled the drop
+        # before the new CONNECT arrives (the client closes first, then waits).
+        await bob.connect(
+            sio.url,
+            sio.native.token(meeting, "bob"),
+            transports=transports,
+            reconnectionDelay=300,
+        )
+        await bob.expect("connect")
+        joined = await bob.event("room:joined")
+        assert joined["resumeToken"]
+        assert (await alice.event("peer:joined"))["empId"] == "bob"
+
+        await bob.send("drop")
+        assert (await bob.expect("disconnect"))["reason"] in TRANSPORT_ENDED | {"forced close"}
+        await bob.expect("reconnect_attempt")
+        await bob.expect("connect")
+        resumed = await bob.event("room:resumed")
+        assert resumed["self"]["empId"] == "bob"
+        assert resumed["resumeToken"] != joined["resumeToken"]
+        assert [p["empId"] for p in resumed["peers"]] == ["alice"]
+        # Signaling works on the resumed connection, and alice saw no churn.
+        offer = {"type": "offer", "sdp": "v=0 again"}
+        assert await alice.call("signal:offer", {"targetEmpId": "bob", "offer": offer}) == [{}]
+        assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}
+        assert [e["event"] for e in alice.unread("event")] == []
+        rows = await sio.native.store.attendance_for_meeting(meeting.id)
+        assert [(r.emp_id, r.left_at is None) for r in rows if r.emp_id == "bob"] == [("bob", True)]
