@@ -46,8 +46,11 @@ ENV_PREFIX = "MESHROOM_"
 OFF = "off"
 MIN_API_KEY_LENGTH = 16
 JWT_ALGORITHMS = tuple(sorted(SYMMETRIC_ALGORITHMS)) + tuple(sorted(ASYMMETRIC_ALGORITHMS))
-# Settings whose value must never be echoed back in an error message.
-_SECRET_SETTINGS = frozenset({"api_keys", "secret", "turn_secret", "turn_credential"})
+# Settings whose value must never be echoed back in an error message (a database URL
+# may hold a password).
+_SECRET_SETTINGS = frozenset(
+    {"api_keys", "secret", "turn_secret", "turn_credential", "database_url"}
+)
 
 
 class ConfigError(Exception):
@@ -342,6 +345,23 @@ class Settings(BaseSettings):
                 "must be one of {choices}",
                 {"choices": ", ".join(JWT_ALGORITHMS)},
             )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Only the syntax: whether the driver is installed and the database reachable is
+        # found when the store opens. Imported here: the URL is a database's concern.
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise PydanticCustomError(
+                "meshroom_url",
+                "not a database URL (sqlite:///file.db or postgresql+psycopg://user@host/db)",
+            ) from None
         return value
 
     @field_validator("api_keys")

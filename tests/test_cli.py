@@ -290,17 +290,19 @@ def test_invalid_transition_is_one_line(env, capsys):
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "code"),
     [
-        "not a url",
-        "nosuchdialect://x/y",
-        "sqlite:////definitely/not/a/dir/meshroom.db",
+        ("not a url", 2),  # refused with the settings, naming the flag or variable
+        ("nosuchdialect://x/y", 1),  # found when the store opens
+        ("sqlite:////definitely/not/a/dir/meshroom.db", 1),
     ],
 )
-def test_invalid_database_url_is_one_line(env, capsys, monkeypatch, url):
+def test_invalid_database_url_is_one_line(env, capsys, monkeypatch, url, code):
     monkeypatch.setenv("MESHROOM_DATABASE_URL", url)
-    fails(capsys, "meeting", "list")
-    fails(capsys, "meeting", "list", "--database-url", url)
+    line = fails(capsys, "meeting", "list", code=code)
+    assert code == 1 or line.startswith("meshroom: error: MESHROOM_DATABASE_URL: not a database")
+    line = fails(capsys, "meeting", "list", "--database-url", url, code=code)
+    assert code == 1 or line.startswith("meshroom: error: --database-url: not a database URL")
 
 
 def test_missing_driver_is_one_line(env, capsys, monkeypatch):

@@ -141,6 +141,11 @@ def test_an_unknown_setting_is_refused():
             "--api-keys: each API key must be at least 16 characters long",
         ),
         ({"secret": "too-short"}, "--secret must be at least 32 bytes long"),
+        (
+            {"database_url": "postgres user:pw at db"},
+            "--database-url: not a database URL "
+            "(sqlite:///file.db or postgresql+psycopg://user@host/db)",
+        ),
     ],
 )
 def test_rules_between_settings_are_checked_when_built(values: dict[str, Any], message: str):
