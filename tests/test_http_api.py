@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -24,20 +23,11 @@ from meshroom.service import RECORD_COLUMNS, TOTAL_COLUMNS
 TIMEOUT = 10
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """conftest's server, with its HTTP app on.
-
-    conftest asks for ``http_port=0``, which Settings documents as "HTTP off",
-    so ``server.http_url`` would be None there.
-    """
-    settings = server_settings(tmp_path, http_port=free_port())
+    """conftest's server, with its HTTP app on (conftest turns it off)."""
+    settings = server_settings(tmp_path, http_port=0)
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, settings)
         yield running
@@ -736,7 +726,7 @@ async def test_every_documented_endpoint_requires_the_key(server, api):
 
 async def test_several_api_keys_are_accepted(tmp_path):
     keys = "first-key-0123456789,second-key-0123456789"
-    settings = server_settings(tmp_path, http_port=free_port(), api_keys=keys)
+    settings = server_settings(tmp_path, http_port=0, api_keys=keys)
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery, settings)

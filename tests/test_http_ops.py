@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -24,11 +23,6 @@ from meshroom.store import StoreUnavailable
 TIMEOUT = 10
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 async def _no_500(response: httpx.Response) -> None:
     assert response.status_code != 500, f"{response.request.method} {response.request.url}"
@@ -45,8 +39,8 @@ def client(server: RunningServer, **headers: str) -> httpx.AsyncClient:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """conftest's server with HTTP on (its ``http_port=0`` means "HTTP off")."""
-    settings = server_settings(tmp_path, http_port=free_port())
+    """conftest's server with HTTP on (HTTP is off there; 0 binds any free port)."""
+    settings = server_settings(tmp_path, http_port=0)
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, settings)
         yield running
@@ -86,7 +80,7 @@ async def test_readyz_is_503_while_the_database_is_unreachable(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     settings = server_settings(
-        tmp_path, http_port=free_port(), database_url=f"sqlite:///{data / 'meshroom.db'}"
+        tmp_path, http_port=0, database_url=f"sqlite:///{data / 'meshroom.db'}"
     )
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -334,7 +328,7 @@ async def test_two_servers_keep_separate_metrics(server, http, tmp_path):
             connect(server.url, server.token(meeting, "bob")),
             trio.open_nursery() as nursery,
         ):
-            other = await start_server(nursery, server_settings(other_dir, http_port=free_port()))
+            other = await start_server(nursery, server_settings(other_dir, http_port=0))
             async with client(other) as other_http:
                 assert (await scrape(other_http))[PEERS, ()] == 0
             assert (await scrape(http))[PEERS, ()] == 1

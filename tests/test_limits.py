@@ -7,7 +7,6 @@ time where time matters); the handshake limits and TLS over loopback.
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,6 @@ from meshroom.core.limits import ConnectionSlots, OriginPolicy, RateLimiter, Tok
 
 DEADLINE = 10
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # The token bucket, on a hand-driven clock
@@ -251,7 +245,7 @@ async def test_connections_over_the_limit_get_http_503_on_both_listeners(tmp_pat
             all_released.set()
 
     monkeypatch.setattr(ConnectionSlots, "release", release_and_tell)
-    settings = server_settings(tmp_path, max_connections=2, http_port=_free_port())
+    settings = server_settings(tmp_path, max_connections=2, http_port=0)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)
@@ -278,7 +272,7 @@ async def test_connections_over_the_limit_get_http_503_on_both_listeners(tmp_pat
 @pytest.mark.parametrize("listener", ["standalone", "quart"])
 async def test_disallowed_origin_gets_403_at_the_handshake(tmp_path, listener):
     settings = server_settings(
-        tmp_path, allowed_origins="https://app.example.com", http_port=_free_port()
+        tmp_path, allowed_origins="https://app.example.com", http_port=0
     )
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -345,7 +339,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 async def test_tls_serves_wss_and_https_from_cert_and_key_flags(tmp_path):
     cert, key = _self_signed(tmp_path)
     settings = server_settings(
-        tmp_path, tls_cert=str(cert), tls_key=str(key), http_port=_free_port()
+        tmp_path, tls_cert=str(cert), tls_key=str(key), http_port=0
     )
     client_tls = ssl.create_default_context(cafile=str(cert))
     with trio.fail_after(DEADLINE):

@@ -6,8 +6,6 @@ then over loopback, with small real timeouts, on both listeners.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import trio
 import trio.testing
@@ -138,11 +136,6 @@ async def test_a_ping_that_cannot_even_be_sent_counts_against_the_timeout(autoju
 # Over loopback
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 async def test_dead_peer_leaves_with_reason_timeout_and_its_row_says_so(tmp_path):
     settings = server_settings(tmp_path, heartbeat_interval=0.2, heartbeat_timeout=0.3)
@@ -177,7 +170,7 @@ async def test_quart_route_uses_hypercorn_pings_and_read_timeout(tmp_path):
     # Hypercorn pings every heartbeat_interval and drops a connection silent for
     # read_timeout = ceil(interval + timeout) = 1 s here. The app only sees the drop.
     settings = server_settings(
-        tmp_path, http_port=_free_port(), heartbeat_interval=0.2, heartbeat_timeout=0.5
+        tmp_path, http_port=0, heartbeat_interval=0.2, heartbeat_timeout=0.5
     )
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,16 +20,11 @@ from meshroom.client import JoinRefused, MeshroomError, Peer, connect
 TIMEOUT = 10
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """conftest's server with HTTP on (its ``http_port=0`` means "HTTP off")."""
-    settings = server_settings(tmp_path, http_port=free_port())
+    """conftest's server with HTTP on (HTTP is off there; 0 binds any free port)."""
+    settings = server_settings(tmp_path, http_port=0)
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, settings)
         yield running
@@ -42,7 +36,7 @@ async def server_without_resume(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server where a dropped peer leaves at once instead of waiting for a resume."""
     fields = set(Settings.model_fields)
     no_resume = {"resume_grace": 0.0} if "resume_grace" in fields else {}
-    settings = server_settings(tmp_path, http_port=free_port(), **no_resume)
+    settings = server_settings(tmp_path, http_port=0, **no_resume)
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, settings)
         yield running
@@ -365,7 +359,7 @@ async def test_a_peer_that_goes_away_is_removed_and_its_row_closed(server_withou
 
 
 async def test_server_shutdown_closes_quart_peers_with_1001(tmp_path):
-    settings = server_settings(tmp_path, http_port=free_port())
+    settings = server_settings(tmp_path, http_port=0)
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)

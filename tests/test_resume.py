@@ -427,12 +427,7 @@ async def test_resume_over_the_wire_after_an_abrupt_drop(tmp_path):
 
 
 async def test_resume_over_the_quart_route_with_the_token_in_the_url(tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
-    settings = server_settings(tmp_path, resume_grace=GRACE, http_port=http_port)
+    settings = server_settings(tmp_path, resume_grace=GRACE, http_port=0)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)

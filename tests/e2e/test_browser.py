@@ -27,7 +27,6 @@ from conftest import RunningServer, server_settings
 
 from meshroom import Server, Settings
 
-from .conftest import free_port
 from .fakevideo import write_clip
 
 TIMEOUT = 30.0
@@ -459,7 +458,8 @@ class RestartableServer:
         self.nursery = nursery
         # Keep a dropped peer's place for a resume, where this meshroom can.
         resume = {"resume_grace": 10.0} if "resume_grace" in SETTINGS else {}
-        self.settings = server_settings(tmp_path, http_port=free_port(), stun_urls="", **resume)
+        # Any free port at the first start; the restarts keep the port it got.
+        self.settings = server_settings(tmp_path, http_port=0, stun_urls="", **resume)
         self.server: Server | None = None
         self.stopped = trio.Event()
 
@@ -478,6 +478,8 @@ class RestartableServer:
                 stopped.set()
 
         await self.nursery.start(run)
+        if self.settings.http_port == 0:
+            self.settings = self.settings.model_copy(update={"http_port": server.http_port})
         self.server = server
 
     async def stop(self) -> None:
