@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -19,9 +20,10 @@ from quart import Quart
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
+from meshroom import Role
 from meshroom.client import JoinRefused, connect
 from meshroom.http import Meshroom
-from meshroom.store import SqlStore
+from meshroom.store import MeetingStatus, SqlStore
 
 TIMEOUT = 10
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embed_quart.py"
@@ -394,3 +396,38 @@ async def test_an_app_with_its_own_quart_schema_keeps_meshroom_camel_case(tmp_pa
             operation = spec["paths"]["/rtc/api/meetings"]["post"]
             assert operation["security"] == [{"bearer": []}]
             assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+async def test_an_embedded_app_runs_what_meshroom_serve_runs(example, example_env, monkeypatch):
+    """One runtime: attendance settings and crash recovery apply to an embedding app too."""
+    monkeypatch.setenv("MESHROOM_ATTENDANCE_HEARTBEAT", "1.5")
+    monkeypatch.setenv("MESHROOM_LEAVE_RETRY_MAX", "2")
+    # A row left open by a process that crashed: the embedded app must close it at start.
+    store = SqlStore(f"sqlite:///{example_env}")
+    try:
+        await store.open()
+        meeting = await store.create_meeting(title="Crashed", host_emp_id="alice")
+        meeting = await store.transition(meeting.id, MeetingStatus.LIVE)
+        admission = await store.admit(
+            meeting_id=meeting.id,
+            emp_id="alice",
+            display_name="Alice",
+            role=Role.HOST,
+            at=dt.datetime.now(dt.UTC),
+        )
+    finally:
+        await store.close()
+    app = load_example("embed_quart_runtime_under_test").app
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with served(app):
+                runtime = app.extensions["meshroom"].runtime
+                assert runtime.hub.attendance.heartbeat_interval == 1.5
+                assert runtime.hub.attendance.retry_max == 2
+                rows = await runtime.store.attendance_for_meeting(meeting.id)
+                assert [(r.id, r.closed_by_recovery) for r in rows] == [
+                    (admission.attendance_id, True)
+                ]
+                assert rows[0].left_at is not None
+    finally:
+        sys.modules.pop("embed_quart_runtime_under_test", None)
