@@ -22,7 +22,9 @@ const actions = %s;
 const matrix = {};
 for (const actor of roles) for (const action of actions) {
   matrix[`${actor} ${action}`] = js.may(actor, action);
-  for (const target of roles) matrix[`${actor} ${action} ${target}`] = js.may(actor, action, target);
+  for (const target of roles) {
+    matrix[`${actor} ${action} ${target}`] = js.may(actor, action, target);
+  }
 }
 console.log(JSON.stringify({closeCodes: js.CloseCode, roles, matrix, errorCodes: js.ErrorCode}));
 """
