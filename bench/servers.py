@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import random
@@ -29,6 +30,16 @@ import psutil
 
 LOOPBACK = "127.0.0.1"
 MESHROOM = [sys.executable, "-m", "meshroom"]
+
+
+@functools.cache
+def http_off() -> str:
+    """How the meshroom under test spells "no HTTP listener" (it may be a pinned revision:
+    before Settings had an ``off`` value, port 0 meant off; now 0 is any free port)."""
+    probe = "import meshroom.config as c; print(getattr(c, 'OFF', '0'))"
+    return subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def free_port() -> int:
@@ -251,7 +262,7 @@ class Target:
                 "MESHROOM_SECRET_FILE": str(self.workdir / "meshroom.secret"),
                 "MESHROOM_LOG_LEVEL": "WARNING",
                 # The HTTP API (and its Quart signaling route) only when that is measured.
-                "MESHROOM_HTTP_PORT": str(self.http_port),
+                "MESHROOM_HTTP_PORT": str(self.http_port) if self.http_port else http_off(),
                 "MESHROOM_API_KEY_FILE": str(self.workdir / "meshroom.apikey"),
                 # A load generator is the abuse the limits are there to stop: the relay
                 # floods past the per-connection rate limit, teardown fills one room far
@@ -288,7 +299,8 @@ class Target:
             for attempt in range(5):
                 if self.kind == "meshroom":
                     env["MESHROOM_PORT"] = str(self.port)
-                    env["MESHROOM_HTTP_PORT"] = str(self.http_port)
+                    http = str(self.http_port) if self.http_port else http_off()
+                    env["MESHROOM_HTTP_PORT"] = http
                 else:
                     cmd[cmd.index("--port") + 1] = str(self.port)
                 self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)

@@ -196,9 +196,13 @@ class Server:
 
         try:
             bound = await nursery.start(serve_http)
-        except OSError as exc:
+        except* OSError as group:
+            # hypercorn binds inside nurseries of its own: the error comes as a group.
+            exc = group.exceptions[0]
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            where = f"{settings.host}:{settings.http_port}"
             raise ConfigError(
-                f"cannot listen on {settings.host}:{settings.http_port}: {exc.strerror or exc}"
+                f"cannot listen on {where} ({settings.named('http_port')}): {reason}"
             ) from None
         self.http_port = int(bound[0].rsplit(":", 1)[1])
 

@@ -15,6 +15,7 @@ Settings come from ``app.config`` keys named like the environment variables
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import trio
@@ -94,11 +95,14 @@ class Meshroom:
 
     def init_app(self, app: Quart) -> None:
         if self._settings is None:
-            names = set(Settings.model_fields)
+            # The app's MESHROOM_* keys act as variables on top of the environment, so
+            # an error names the key the embedder wrote.
             from_app = {
-                name: app.config[env_name(name)] for name in names if env_name(name) in app.config
+                env_name(name): str(app.config[env_name(name)])
+                for name in Settings.model_fields
+                if env_name(name) in app.config
             }
-            self._settings = Settings.from_env(**from_app)
+            self._settings = Settings.from_env({**os.environ, **from_app})
         self.api_keys = self.settings.api_key_list()
         app.extensions[EXTENSION_KEY] = self
         if "QUART_SCHEMA" not in app.extensions:
