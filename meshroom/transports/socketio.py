@@ -334,14 +334,16 @@ class _Session:
             except ConnectionClosed:
                 state.upgrade_failed()
                 return
+        close: list[tuple[int, str]] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_websocket, ws, nursery.cancel_scope)
             try:
-                await self._read_websocket(ws)
+                close.append(await self._read_websocket(ws))
             finally:
                 nursery.cancel_scope.cancel()
+        code, reason = close[0] if close else (1000, "")
         with trio.move_on_after(1):
-            await ws.close(1000)
+            await ws.close(code, reason)
 
     async def _upgrade(self, ws: Connection) -> bool:
         state = self.state
@@ -376,7 +378,8 @@ class _Session:
             self.terminate("WebSocket closed")
         scope.cancel()
 
-    async def _read_websocket(self, ws: Connection) -> None:
+    async def _read_websocket(self, ws: Connection) -> tuple[int, str]:
+        """Feed the session until either ends; the WebSocket close code to send."""
         while not self.state.closed:
             try:
                 data = await ws.receive()
@@ -386,15 +389,14 @@ class _Session:
                 continue
             except ConnectionClosed:
                 self.terminate("WebSocket closed")
-                return
+                return 1000, ""
             try:
                 await self.feed(engineio.decode_packet(data))
             except (EngineIOProtocolError, SessionError) as exc:
                 log.info("socket.io protocol error from %s: %s", self.remote, exc)
                 self.terminate(f"protocol error: {exc}")
-                with trio.move_on_after(1):
-                    await ws.close(1002, str(exc)[:120])
-                return
+                return 1002, str(exc)[:120]
+        return 1000, ""
 
 
 class SocketIOConnection:
