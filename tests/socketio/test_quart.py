@@ -1,0 +1,80 @@
+"""The Socket.IO endpoint on a Quart (quart-trio) app: an embedding app gets it too."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import server_settings
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from meshroom import Role, mint_token
+from meshroom.client import connect
+from meshroom.http.extension import Meshroom
+from meshroom.http.socketio import socketio_blueprint
+from meshroom.store import MeetingStatus
+
+from .conftest import CLIENTS
+from .harness import SERVER_DISCONNECT, driver
+
+
+@asynccontextmanager
+async def quart_app(tmp_path: Path) -> AsyncIterator[tuple[str, Meshroom]]:
+    """An app that embeds meshroom and registers the Socket.IO blueprint; its base URL."""
+    app = QuartTrio("embedding")
+    meshroom = Meshroom(app, settings=server_settings(tmp_path))
+    app.register_blueprint(socketio_blueprint)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+
+        binds = await nursery.start(run)
+        yield binds[0], meshroom
+        stop.set()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_socketio_on_the_quart_app(tmp_path: Path, client: tuple[str, Any]) -> None:
+    kind, transports = client
+    async with quart_app(tmp_path) as (base, meshroom), AsyncExitStack() as stack:
+        store = meshroom.store
+        meeting = await store.create_meeting(title="Embedded", host_emp_id="alice")
+        meeting = await store.transition(meeting.id, MeetingStatus.LIVE)
+
+        def token(emp: str, role: Role = Role.PARTICIPANT) -> str:
+            return mint_token(
+                meshroom.settings.token_keys(),
+                meeting_id=meeting.id,
+                emp_id=emp,
+                display_name=emp.title(),
+                role=role,
+                ttl=dt.timedelta(hours=1),
+            )
+
+        ws_url = base.replace("http://", "ws://", 1) + "/meetings"
+        alice = await stack.enter_async_context(connect(ws_url, token("alice", Role.HOST)))
+        bob = await stack.enter_async_context(driver(kind))
+        joined = await bob.join(base, token("bob"), transports=transports)
+        assert [p["empId"] for p in joined["peers"]] == ["alice"]
+        if kind == "node" and transports is None:
+            await bob.expect("upgrade", transport="websocket")
+        offer = {"type": "offer", "sdp": "v=0 quart"}
+        await alice.offer("bob", offer)
+        assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}
+        answer = {"type": "answer", "sdp": "v=0 bob"}
+        assert await bob.call("signal:answer", {"targetEmpId": "alice", "answer": answer}) == [{}]
+        assert (await alice.wait_for("signal:answer")).data["fromEmpId"] == "bob"
+        await alice.kick("bob")
+        assert (await bob.expect("disconnect"))["reason"] == SERVER_DISCONNECT[kind]
