@@ -206,3 +206,23 @@ async def test_vanished_polling_session_is_cleaned_up_on_the_heartbeat_deadline(
             await sio.endpoint._sessions[sid].done.wait()
         reply = await client.get(BASE, params=_params(sid))
         assert reply.status_code == 400 and reply.json()["code"] == 1
+
+
+async def test_an_event_over_the_message_limit_is_frame_too_large(tmp_path: Path) -> None:
+    async with socketio_server(tmp_path) as sio, httpx.AsyncClient(base_url=sio.url) as client:
+        meeting = await sio.native.meeting(host="h")
+        sid, _ = await _handshake(client)
+        auth = json.dumps({"meetingAccessToken": sio.native.token(meeting, "h", Role.HOST)})
+        await client.post(BASE, params=_params(sid), content=f"40/meetings,{auth}")
+        assert "room:joined" in (await client.get(BASE, params=_params(sid))).text
+        # Within maxPayload (the Engine.IO limit), over max_message_bytes (meshroom's).
+        big = "x" * (sio.native.settings.max_message_bytes + 100)
+        body = '42/meetings,["presence:update",{"pad":"' + big + '"}]'
+        assert (await client.post(BASE, params=_params(sid), content=body)).text == "ok"
+        reply = await client.get(BASE, params=_params(sid))
+        assert reply.text.startswith('42/meetings,["error",{"code":"FRAME_TOO_LARGE"')
+        # As on the native protocol, the connection stays usable.
+        assert (
+            await client.post(BASE, params=_params(sid), content='42/meetings,1["ping",{}]')
+        ).text == "ok"
+        assert (await client.get(BASE, params=_params(sid))).text.startswith("43/meetings,1[{")

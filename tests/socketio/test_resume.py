@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshroom import Role
+from meshroom.client import connect
 
 from .harness import TRANSPORT_ENDED, driver, socketio_server
 
@@ -61,3 +62,24 @@ async def test_transport_drop_reconnects_and_resumes(
         assert [e["event"] for e in alice.unread("event")] == []
         rows = await sio.native.store.attendance_for_meeting(meeting.id)
         assert [(r.emp_id, r.left_at is None) for r in rows if r.emp_id == "bob"] == [("bob", True)]
+
+
+async def test_auth_resume_token_takes_back_a_native_peers_place(tmp_path: Path) -> None:
+    """A client may present ``auth.resumeToken`` itself, even one a native connection got."""
+    async with socketio_server(tmp_path, resume_grace=30.0) as sio, AsyncExitStack() as stack:
+        meeting = await sio.native.meeting(host="alice")
+        alice = await stack.enter_async_context(driver("python"))
+        await alice.join(sio.url, sio.native.token(meeting, "alice", Role.HOST))
+        token = sio.native.token(meeting, "bob")
+        async with connect(sio.ws_url, token) as native_bob:
+            resume_token = native_bob.resume_token
+            assert resume_token
+            await alice.event("peer:joined")
+            await native_bob.close()  # a close without peer:leave is a drop
+        bob = await stack.enter_async_context(driver("node"))
+        await bob.connect(sio.url, auth={"meetingAccessToken": token, "resumeToken": resume_token})
+        await bob.expect("connect")
+        resumed = await bob.event("room:resumed")
+        assert resumed["self"]["empId"] == "bob"
+        await alice.call("ping", {})  # a round trip: alice saw no leave/join churn
+        assert [e["event"] for e in alice.unread("event")] == []
