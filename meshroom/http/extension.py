@@ -31,6 +31,7 @@ from ..store import Store
 from .api import api
 from .ops import ops
 from .signaling import signaling
+from .socketio import socketio_blueprint
 from .web import web
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Meshroom:
         app.register_blueprint(api, url_prefix=f"{self.url_prefix}/api")
         app.register_blueprint(ops, url_prefix=self.url_prefix or None)
         app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
+        app.register_blueprint(socketio_blueprint, url_prefix=self.url_prefix or None)
         app.register_blueprint(web, url_prefix=self.url_prefix or None)
         if self._owns_runtime:
             app.before_serving(self._start)

@@ -27,10 +27,10 @@ from .harness import SERVER_DISCONNECT, driver
 
 @asynccontextmanager
 async def quart_app(tmp_path: Path) -> AsyncIterator[tuple[str, Meshroom]]:
-    """An app that embeds meshroom and registers the Socket.IO blueprint; its base URL."""
+    """An app that embeds meshroom (which registers the Socket.IO blueprint); its base URL."""
     app = QuartTrio("embedding")
     meshroom = Meshroom(app, settings=server_settings(tmp_path))
-    app.register_blueprint(socketio_blueprint)
+    assert socketio_blueprint.name in app.blueprints  # Meshroom registers it
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
