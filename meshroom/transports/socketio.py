@@ -328,11 +328,17 @@ class _Session:
         """Carry the session over ``ws`` until either ends."""
         state = self.state
         if probing:
-            try:
-                if not await self._upgrade(ws):
-                    return
-            except ConnectionClosed:
-                state.upgrade_failed()
+            upgraded = False
+            # A probe that never completes must not hold the connection forever.
+            with trio.move_on_after(self.endpoint.connect_timeout):
+                with contextlib.suppress(ConnectionClosed):
+                    upgraded = await self._upgrade(ws)
+            if not upgraded:
+                if self.state.upgrading:
+                    state.upgrade_failed()
+                    self.notify()
+                with trio.move_on_after(1):
+                    await ws.close(1002, "upgrade not completed")
                 return
         close: list[tuple[int, str]] = []
         async with trio.open_nursery() as nursery:
@@ -354,9 +360,6 @@ class _Session:
             state.upgrade(parse_probe_reply(await ws.receive()))
         except (SessionError, MessageTooLarge) as exc:
             log.debug("socket.io upgrade of %s failed: %s", self.sid, exc)
-            state.upgrade_failed()
-            with trio.move_on_after(1):
-                await ws.close(1002, "bad upgrade")
             return False
         self.notify()
         return True
@@ -547,6 +550,7 @@ class SocketIOEndpoint:
     close_timeout: float = 5.0
     origins: OriginPolicy | None = None
     resume_memory_seconds: float = 120.0
+    max_sessions: int = 10000  # Engine.IO sessions at once; past it, handshakes get 503
     _sessions: dict[str, _Session] = field(default_factory=dict)
     _resume: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     _nursery: trio.Nursery | None = None
@@ -634,6 +638,10 @@ class SocketIOEndpoint:
                 return _error(400, ErrorCode.BAD_HANDSHAKE_METHOD)
             if self._nursery is None:
                 return HttpResponse(503, b"socket.io endpoint not running\n")
+            if len(self._sessions) >= self.max_sessions:
+                return HttpResponse(
+                    503, b"too many sessions; try again shortly\n", headers=(("Retry-After", "5"),)
+                )
             return None
         session = self._sessions.get(sid)
         if session is None or session.state.closed:
