@@ -361,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         default="meshroom,naive",
         help="comma-separated servers to run: meshroom (the standalone wsproto listener), "
-        "meshroom-quart (the same hub behind its Quart route on hypercorn), naive",
+        "meshroom-quart (the same hub behind its Quart route on hypercorn), socketio (the "
+        "Socket.IO endpoint on the standalone listener, driven as socket.io-client over "
+        "WebSocket), naive",
     )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--chart", type=Path, help="draw a PNG chart here")
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[yellow]warning: RLIMIT_NOFILE is {fd_limit}, below the {wanted_fds} wanted"
         )
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(names) - {"meshroom", "meshroom-quart", "naive"}
+    unknown = set(names) - {"meshroom", "meshroom-quart", "socketio", "naive"}
     if unknown:
         build_parser().error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if scenario == "teardown":
@@ -441,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             target = Target(
                 name=label,
                 kind=kind,
-                transport="quart" if name == "meshroom-quart" else "standalone",
+                transport={"meshroom-quart": "quart", "socketio": "socketio"}.get(
+                    name, "standalone"
+                ),
                 database=database or "sqlite",
                 profile=args.profile if kind == "meshroom" else None,
                 profile_out=profile_out,

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import select
 import socket
 import time
@@ -45,6 +46,39 @@ CONNECTING, HANDSHAKE, AUTH, JOINED, CLOSING, CLOSED = range(6)
 
 now = time.perf_counter
 _randbytes = random.randbytes
+
+
+# Socket.IO mode (the ``socketio`` target): the drivers keep writing and reading native
+# frames; the loader translates them to and from Socket.IO packets on the namespace
+# /meetings over Engine.IO's WebSocket transport, with plain string operations.
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+_NATIVE = re.compile(r'\{"event":"([^"]*)"(?:,"id":(\d+))?,"data":(.*)\}\Z', re.S)
+
+
+def to_socketio(text: str) -> str:
+    """A native request frame as the Socket.IO EVENT a socket.io client would emit."""
+    m = _NATIVE.match(text)
+    if m is None:
+        raise ValueError(f"not a native frame the bench writes: {text[:60]}")
+    return "42/meetings," + (m[2] or "") + '["' + m[1] + '",' + m[3] + "]"
+
+
+def from_socketio(text: str) -> str | None:
+    """A Socket.IO packet as the native frame it stands for (None: nothing for the driver)."""
+    if text.startswith('42/meetings,["'):
+        body = text[14:]
+        quote = body.index('"')
+        rest = body[quote + 1 : -1]  # ',{…}' or ''
+        data = rest[1:] if rest else "{}"
+        return '{"event":"' + body[:quote] + '","data":' + data + "}"
+    if text.startswith("43/meetings,"):
+        body = text[12:]
+        bracket = body.index("[")
+        return '{"event":"ack","id":' + body[:bracket] + ',"data":' + body[bracket + 1 : -1] + "}"
+    if text.startswith("44/meetings,"):
+        refusal = json.loads(text[12:])
+        return json.dumps({"event": "error", "data": refusal.get("data") or refusal})
+    return None
 
 
 def client_frame(payload: bytes, opcode: int = 1) -> bytes:
@@ -112,7 +146,8 @@ class Loader:
         self.spec = spec
         self.host: str = spec["host"]
         self.port: int = spec["port"]
-        self.path: str = spec.get("path", "/meetings")
+        self.socketio: bool = spec.get("socketio", False)
+        self.path: str = SIO_PATH if self.socketio else spec.get("path", "/meetings")
         self.ep = select.epoll()
         self.by_fd: dict[int, Client] = {}
         self.dirty: set[Client] = set()
@@ -188,6 +223,8 @@ class Loader:
             self._fail(c, "handshake: bad Sec-WebSocket-Accept")
             return
         c.state = AUTH
+        if self.socketio:
+            return  # CONNECT goes out when the Engine.IO open packet arrives
         self.send(
             c, '{"event":"auth","id":0,"data":{"meetingAccessToken":' + json.dumps(c.token) + "}}"
         )
@@ -219,8 +256,23 @@ class Loader:
     def send(self, c: Client, text: str) -> None:
         if c.sock is None or c.state in (CLOSING, CLOSED):
             return
+        if self.socketio:
+            text = to_socketio(text)
         c.out += client_frame(text.encode())
         self.dirty.add(c)
+
+    def _from_socketio(self, c: Client, text: str) -> str | None:
+        kind = text[:1]
+        if kind == "4":
+            return from_socketio(text)
+        if kind == "2":  # an Engine.IO ping: pong
+            c.out += client_frame(b"3")
+            self.dirty.add(c)
+        elif kind == "0":  # the open packet: connect the namespace
+            auth = json.dumps({"meetingAccessToken": c.token})
+            c.out += client_frame(("40/meetings," + auth).encode())
+            self.dirty.add(c)
+        return None
 
     def close(self, c: Client, code: int = 1000) -> None:
         if c.sock is None or c.state in (CLOSING, CLOSED):
@@ -293,6 +345,11 @@ class Loader:
             if opcode == 1:
                 text = buf[pos + head : end].decode()
                 pos = end
+                if self.socketio:
+                    native = self._from_socketio(c, text)
+                    if native is None:
+                        continue
+                    text = native
                 self.received += 1
                 if c.state == JOINED:
                     driver.on_text(c, text)

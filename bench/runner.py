@@ -148,6 +148,7 @@ def _spec(
         "scenario": scenario,
         "host": LOOPBACK,
         "port": target.client_port,
+        "socketio": target.transport == "socketio",
         "clients": clients,
         **extra,
     }

@@ -220,7 +220,8 @@ class Target:
 
     name: str
     kind: str  # "meshroom" or "naive"
-    # meshroom's "standalone" wsproto listener, or its Quart route served by hypercorn
+    # meshroom's "standalone" wsproto listener, its Quart route served by hypercorn, or
+    # "socketio": the Socket.IO endpoint on the standalone listener (bench.socketio_serve)
     transport: str = "standalone"
     database: str = "sqlite"
     profile: str | None = None  # "cprofile", "pyinstrument" or None
@@ -285,6 +286,8 @@ class Target:
                 # Create the schema before the server starts, with meshroom's own CLI.
                 self.create_meeting("warm-up")
                 cmd = [*MESHROOM, "serve"]
+                if self.transport == "socketio":
+                    cmd = [sys.executable, "-m", "bench.socketio_serve", "serve"]
                 env = self._meshroom_env()
             else:
                 cmd = [sys.executable, "-m", "bench.naive_relay", "--port", str(self.port)]
