@@ -584,12 +584,14 @@ def event_with_one_field_of_any_type(draw: st.DrawFn) -> tuple[str, str, object,
 
 
 def _valid_value(kind: str) -> object:
-    return {"string": "x", "object": {}, "object-or-null": None, "boolean": True}[kind]
+    return {"string": "x", "object": {}, "object-or-null": None, "boolean": True, "count": 0}[kind]
 
 
 def _type_fits(kind: str, value: object) -> bool:
     if kind == "object-or-null":
         return value is None or isinstance(value, dict)
+    if kind == "count":  # a frame count: a non-negative 64-bit integer, not a boolean
+        return type(value) is int and 0 <= value < 2**63
     return isinstance(value, _KIND_OF[kind])
 
 
