@@ -30,6 +30,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from .codes import CloseCode, ErrorCode
 
 DEFAULT_NAMESPACE: Final = "/"
@@ -78,8 +80,19 @@ def encode(packet: Packet) -> str:
     if packet.id is not None:
         parts.append(str(packet.id))
     if packet.data is not None:
-        parts.append(json.dumps(packet.data, separators=(",", ":"), ensure_ascii=False))
+        parts.append(_dumps(packet.data).decode())
     return "".join(parts)
+
+
+_fallback_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # A lone surrogate is not valid UTF-8; the standard encoder writes it as \u escape.
+        return _fallback_dumps(value).encode()
 
 
 def decode(text: str) -> Packet:
@@ -122,8 +135,8 @@ def decode(text: str) -> Packet:
     payload: Any = _NO_PAYLOAD
     if i < n:
         try:
-            payload = json.loads(text[i:])
-        except (ValueError, RecursionError):
+            payload = orjson.loads(text[i:])
+        except orjson.JSONDecodeError:
             raise SocketIOProtocolError("invalid payload") from None
     if not _payload_valid(kind, payload):
         raise SocketIOProtocolError(f"invalid payload for a {kind.name} packet")
@@ -234,7 +247,7 @@ class NamespaceBridge:
             if args:
                 # Native events take one object; extra arguments have no meaning there.
                 frame["data"] = args[0]
-            return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+            return _dumps(frame)
         if kind is PacketType.DISCONNECT:
             # socket.disconnect(): leaving on purpose, the native peer:leave (no resume).
             self.client_disconnected = True
@@ -255,9 +268,13 @@ class NamespaceBridge:
 
     # -- server → client ------------------------------------------------------------
 
+    def outbound_text(self, frame: bytes) -> list[str]:
+        """:meth:`outbound`, encoded as Engine.IO message texts."""
+        return [encode(packet) for packet in self.outbound(frame)]
+
     def outbound(self, frame: bytes) -> list[Packet]:
         """The Socket.IO packets for one native frame (JSON text from the core)."""
-        message = json.loads(frame)
+        message = orjson.loads(frame)
         event: str = message["event"]
         data = message.get("data", {})
         request_id = message.get("id")

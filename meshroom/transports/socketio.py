@@ -137,9 +137,12 @@ class _Session:
         await self._changed.wait()
 
     def push(self, packets: Sequence[socketio.Packet]) -> None:
-        for packet in packets:
-            self.state.push(engineio.Packet(PacketType.MESSAGE, socketio.encode(packet)))
-        if packets:
+        self.push_text([socketio.encode(packet) for packet in packets])
+
+    def push_text(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            self.state.push(engineio.Packet(PacketType.MESSAGE, text))
+        if texts:
             self.notify()
 
     def terminate(self, reason: str, *, timed_out: bool = False) -> None:
@@ -479,10 +482,10 @@ class SocketIOConnection:
         if self._ended:
             raise ConnectionClosed(1006)
         session = self._session
-        packets: list[socketio.Packet] = []
+        texts: list[str] = []
         for frame in frames:
-            packets.extend(self.bridge.outbound(frame))
-        session.push(packets)
+            texts.extend(self.bridge.outbound_text(frame))
+        session.push_text(texts)
         # Backpressure: the core's writer waits while the client has not taken what
         # it was sent; the core's own queue then decides when it is a slow consumer.
         while session.state.outbox_bytes > session.endpoint.outbox_bytes and not self._ended:

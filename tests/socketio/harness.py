@@ -146,12 +146,15 @@ class Driver:
         for i, obs in enumerate(self.seen):
             if fits(obs):
                 return self.seen.pop(i)
-        with trio.fail_after(WAIT):
+        with trio.move_on_after(WAIT):
             while True:
                 obs = await self._read()
                 if fits(obs):
                     return obs
                 self.seen.append(obs)
+        raise AssertionError(
+            f"{self.kind}: no {type} {match} within {WAIT} s; last seen: {self.history[-8:]}"
+        )
 
     async def event(self, name: str) -> Any:
         """The data of the next unread event ``name``."""

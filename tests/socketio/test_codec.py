@@ -295,3 +295,11 @@ def test_bridge_acks_and_errors() -> None:
     assert socketio.encode(event) == '2/meetings,["error",{"code":"BAD_JSON"}]'
     [event] = bridge.outbound(b'{"event":"peer:joined","data":{"empId":"a"}}')
     assert socketio.encode(event) == '2/meetings,["peer:joined",{"empId":"a"}]'
+
+
+def test_bridge_ignores_other_top_level_keys() -> None:
+    """Keys the core may add beside event/id/data (such as a frame ``seq``) are not relayed."""
+    bridge = NamespaceBridge("/meetings", "sid")
+    bridge.outbound(b'{"event":"room:joined","data":{},"seq":1}')
+    [event] = bridge.outbound(b'{"event":"peer:joined","data":{"empId":"a"},"seq":7}')
+    assert socketio.encode(event) == '2/meetings,["peer:joined",{"empId":"a"}]'
