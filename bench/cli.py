@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated servers to run: meshroom (the standalone wsproto listener), "
         "meshroom-quart (the same hub behind its Quart route on hypercorn), socketio (the "
         "Socket.IO endpoint on the standalone listener, driven as socket.io-client over "
-        "WebSocket), naive",
+        "WebSocket), naive, node-socketio (optional: a Node.js socket.io server doing the "
+        "same relay; needs node and `npm ci` in bench/node)",
     )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--chart", type=Path, help="draw a PNG chart here")
@@ -414,11 +415,11 @@ def main(argv: list[str] | None = None) -> int:
             f"[yellow]warning: RLIMIT_NOFILE is {fd_limit}, below the {wanted_fds} wanted"
         )
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(names) - {"meshroom", "meshroom-quart", "socketio", "naive"}
+    unknown = set(names) - {"meshroom", "meshroom-quart", "socketio", "node-socketio", "naive"}
     if unknown:
         build_parser().error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if scenario == "teardown":
-        names = [n for n in names if n != "naive"]
+        names = [n for n in names if n not in ("naive", "node-socketio")]
     databases = args.database or ["sqlite"]
     runs: list[dict[str, Any]] = []
     started = dt.datetime.now().astimezone()
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             label = name
             if database is not None and len(databases) > 1:
                 label += f"[{'sqlite' if database.startswith('sqlite') else 'postgresql'}]"
-            kind = "naive" if name == "naive" else "meshroom"
+            kind = name if name in ("naive", "node-socketio") else "meshroom"
             profile_out = None
             if args.profile and kind == "meshroom":
                 ext = "prof" if args.profile == "cprofile" else "html"
@@ -443,9 +444,11 @@ def main(argv: list[str] | None = None) -> int:
             target = Target(
                 name=label,
                 kind=kind,
-                transport={"meshroom-quart": "quart", "socketio": "socketio"}.get(
-                    name, "standalone"
-                ),
+                transport={
+                    "meshroom-quart": "quart",
+                    "socketio": "socketio",
+                    "node-socketio": "socketio",
+                }.get(name, "standalone"),
                 database=database or "sqlite",
                 profile=args.profile if kind == "meshroom" else None,
                 profile_out=profile_out,

@@ -42,6 +42,23 @@ def http_off() -> str:
     ).stdout.strip()
 
 
+NODE_RELAY = Path(__file__).parent / "node" / "relay_server.js"
+
+
+def node_binary() -> str:
+    """node, for the optional node-socketio target (its npm packages installed).
+
+    Raises:
+        RuntimeError: node is not on PATH, or ``npm ci`` has not run in bench/node.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("the node-socketio target needs node on PATH")
+    if not (NODE_RELAY.parent / "node_modules" / "socket.io").is_dir():
+        raise RuntimeError("the node-socketio target needs `npm ci` in bench/node first")
+    return node
+
+
 def free_port() -> int:
     """A port nothing uses right now, below the ephemeral range (32768+ on Linux).
 
@@ -219,7 +236,7 @@ class Target:
     """One server under test."""
 
     name: str
-    kind: str  # "meshroom" or "naive"
+    kind: str  # "meshroom", "naive" or "node-socketio"
     # meshroom's "standalone" wsproto listener, its Quart route served by hypercorn, or
     # "socketio": the Socket.IO endpoint on the standalone listener (bench.socketio_serve)
     transport: str = "standalone"
@@ -289,6 +306,9 @@ class Target:
                 if self.transport == "socketio":
                     cmd = [sys.executable, "-m", "bench.socketio_serve", "serve"]
                 env = self._meshroom_env()
+            elif self.kind == "node-socketio":
+                cmd = [node_binary(), str(NODE_RELAY), "--port", str(self.port)]
+                env = dict(os.environ)
             else:
                 cmd = [sys.executable, "-m", "bench.naive_relay", "--port", str(self.port)]
                 env = dict(os.environ)
