@@ -124,6 +124,8 @@ class _Session:
         self.timed_out = False
         self.connect_deadline: float | None = trio.current_time() + endpoint.connect_timeout
         self.swallow_attachments = 0  # binary attachments of a refused packet still to come
+        self.ws: Connection | None = None  # the WebSocket carrying the session, once it does
+        self._ws_lock = trio.StrictFIFOLock()  # writes to it leave in outbox order
 
     @property
     def sid(self) -> str:
@@ -139,11 +141,29 @@ class _Session:
     def push(self, packets: Sequence[socketio.Packet]) -> None:
         self.push_text([socketio.encode(packet) for packet in packets])
 
-    def push_text(self, texts: Sequence[str]) -> None:
+    def push_text(self, texts: Sequence[str], *, wake: bool = True) -> None:
         for text in texts:
             self.state.push(engineio.Packet(PacketType.MESSAGE, text))
-        if texts:
+        if texts and wake:
             self.notify()
+
+    async def flush_websocket(self) -> None:
+        """Write what is queued to the WebSocket now, in the caller's task.
+
+        The core's writer calls this through :meth:`SocketIOConnection.send`, so a
+        relayed signal leaves without waking another task; the session's own writer
+        task sends what other paths queue (pings, refusals).
+
+        Raises:
+            ConnectionClosed: the WebSocket is gone.
+        """
+        ws = self.ws
+        if ws is None:
+            return
+        async with self._ws_lock:
+            frames = self.state.take_websocket()
+            if frames:
+                await ws.send([f.encode() if isinstance(f, str) else f for f in frames])
 
     def terminate(self, reason: str, *, timed_out: bool = False) -> None:
         """End the session (idempotent); the namespace's native connection sees the drop."""
@@ -344,12 +364,16 @@ class _Session:
                     await ws.close(1002, "upgrade not completed")
                 return
         close: list[tuple[int, str]] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_websocket, ws, nursery.cancel_scope)
-            try:
-                close.append(await self._read_websocket(ws))
-            finally:
-                nursery.cancel_scope.cancel()
+        self.ws = ws
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_websocket, ws, nursery.cancel_scope)
+                try:
+                    close.append(await self._read_websocket(ws))
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.ws = None
         code, reason = close[0] if close else (1000, "")
         with trio.move_on_after(1):
             await ws.close(code, reason)
@@ -371,10 +395,9 @@ class _Session:
         state = self.state
         try:
             while True:
-                frames = state.take_websocket()
-                if frames:
-                    self.notify()
-                    await ws.send([f.encode() if isinstance(f, str) else f for f in frames])
+                if state.has_output:
+                    await self.flush_websocket()
+                    self.notify()  # the outbox emptied: a waiting sender may go on
                     continue
                 if state.closed:
                     # No "1" (close) packet: python-socketio would take it as final.
@@ -485,6 +508,14 @@ class SocketIOConnection:
         texts: list[str] = []
         for frame in frames:
             texts.extend(self.bridge.outbound_text(frame))
+        if session.ws is not None:
+            session.push_text(texts, wake=False)
+            try:
+                await session.flush_websocket()
+            except ConnectionClosed:
+                session.terminate("WebSocket closed")
+                raise ConnectionClosed(1006) from None
+            return
         session.push_text(texts)
         # Backpressure: the core's writer waits while the client has not taken what
         # it was sent; the core's own queue then decides when it is a slow consumer.
