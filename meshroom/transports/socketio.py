@@ -117,7 +117,11 @@ class _Session:
         self.endpoint = endpoint
         self.state = state
         self.remote = remote
+        # Two wake-up channels, so that traffic one way does not wake the other way's
+        # waiters: "out" for the outbox (GET, WebSocket writer, senders held back by
+        # backpressure), "in" for the native connection's inbound queue.
         self._changed = trio.Event()
+        self._changed_in = trio.Event()
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.conn: SocketIOConnection | None = None
@@ -137,6 +141,17 @@ class _Session:
 
     async def wait_change(self) -> None:
         await self._changed.wait()
+
+    def notify_in(self) -> None:
+        self._changed_in.set()
+        self._changed_in = trio.Event()
+
+    async def wait_in(self) -> None:
+        await self._changed_in.wait()
+
+    def notify_all(self) -> None:
+        self.notify()
+        self.notify_in()
 
     def push(self, packets: Sequence[socketio.Packet]) -> None:
         self.push_text([socketio.encode(packet) for packet in packets])
@@ -176,7 +191,7 @@ class _Session:
         if self.conn is not None:
             self.conn.transport_gone()
         self.done.set()
-        self.notify()
+        self.notify_all()
 
     # -- input from the client, whichever transport ----------------------------------
 
@@ -270,7 +285,7 @@ class _Session:
             if self.conn is conn:
                 self.conn = None
                 self.connect_deadline = trio.current_time() + self.endpoint.connect_timeout
-                self.notify()
+                self.notify_all()
 
     # -- the heartbeat ----------------------------------------------------------------
 
@@ -459,21 +474,21 @@ class SocketIOConnection:
 
     def deliver_nowait(self, frame: bytes) -> None:
         self._inbound.append(frame)
-        self._session.notify()
+        self._session.notify_in()
 
     async def deliver(self, frame: bytes) -> None:
         if len(frame) > self._max:
             await self.deliver_error(MessageTooLarge(len(frame), self._max))
             return
         while len(self._inbound) >= INBOUND_QUEUE and not self._ended:
-            await self._session.wait_change()
+            await self._session.wait_in()
         self.deliver_nowait(frame)
 
     async def deliver_error(self, error: MessageTooLarge) -> None:
         while len(self._inbound) >= INBOUND_QUEUE and not self._ended:
-            await self._session.wait_change()
+            await self._session.wait_in()
         self._inbound.append(error)
-        self._session.notify()
+        self._session.notify_in()
 
     @property
     def _ended(self) -> bool:
@@ -486,7 +501,7 @@ class SocketIOConnection:
         while True:
             if self._inbound:
                 item = self._inbound.popleft()
-                session.notify()  # room in the queue: a waiting reader may go on
+                session.notify_in()  # room in the queue: a waiting reader may go on
                 if isinstance(item, MessageTooLarge):
                     raise item
                 return item.decode()
@@ -494,7 +509,7 @@ class SocketIOConnection:
                 if session.timed_out:
                     raise ConnectionTimedOut(None, "heartbeat timeout")
                 raise ConnectionClosed(1006, "transport closed")
-            await session.wait_change()
+            await session.wait_in()
 
     async def send(self, frames: Sequence[bytes]) -> None:
         if self.bridge.client_disconnected:
@@ -536,7 +551,7 @@ class SocketIOConnection:
             # the gone connection too, with 1000; the remembered token must survive that.)
             endpoint.forget(self._token_key)
         if was_gone:
-            session.notify()
+            session.notify_all()
             return
         packets, ending = self.bridge.closing(code, reason)
         session.push(packets)
@@ -550,7 +565,7 @@ class SocketIOConnection:
         with trio.move_on_after(endpoint.close_timeout):
             while session.state.has_output and not session.done.is_set():
                 await session.wait_change()
-        session.notify()
+        session.notify_all()
 
 
 def encode_json(value: Any) -> bytes:
