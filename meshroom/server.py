@@ -28,6 +28,7 @@ from .config import ConfigError, Settings
 from .core import Hub
 from .runtime import Runtime, open_runtime, safe_url
 from .runtime import open_store as open_store  # for meshroom.cli until it imports runtime
+from .transports.socketio import SOCKETIO_PATH, endpoint_for
 from .transports.websocket import Heartbeat, Upgrade, WebSocketConnection, serve_websocket
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,17 @@ class Server:
         )
 
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
-            await hub.serve(conn, token=upgrade.token, resume_token=upgrade.resume_token)
+            await hub.serve(
+                conn,
+                token=upgrade.token,
+                resume_token=upgrade.resume_token,
+                last_seq=upgrade.last_seq,
+            )
 
+        # Socket.IO clients (/socket.io/) on the same port; their Engine.IO sessions
+        # live in the handlers' nursery, so they outlast the accept loop at shutdown.
+        socketio = endpoint_for(settings, hub.serve)
+        await handlers.start(socketio.run)
         with scope:
             await serve_websocket(
                 handle,
@@ -145,6 +155,7 @@ class Server:
                 origins=settings.origin_policy(),
                 slots=hub.slots,
                 handler_nursery=handlers,
+                extra_route=(SOCKETIO_PATH, socketio.serve_stream),
                 task_status=task_status,
             )
 

@@ -197,12 +197,15 @@ class MemoryHub:
         role: Role = Role.PARTICIPANT,
         *,
         resume_token: str | None = None,
+        last_seq: int | None = None,
     ) -> tuple[MemoryConnection, dict[str, Any]]:
         """Connect and authenticate; the connection and its first frame (joined, or error)."""
         conn = self.connect(emp_id)
         data: dict[str, Any] = {"meetingAccessToken": self.token(meeting, emp_id, role)}
         if resume_token is not None:
             data["resumeToken"] = resume_token
+        if last_seq is not None:
+            data["lastSeq"] = last_seq
         await conn.send_json("auth", data, id=0)
         return conn, await conn.next_frame()
 

@@ -12,6 +12,9 @@ from urllib.parse import quote
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+# Tell the server every this many frames which one we have, so it can forget them.
+ACK_EVERY = 128
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -50,6 +53,9 @@ class Peer:
         self._events_in, self._events = trio.open_memory_channel[Event](math.inf)
         self.snapshot: dict[str, Any] = {}
         self.resumed = False  # this connection took back an earlier one's place (room:resumed)
+        # The seq of the last frame received: pass it to connect(..., last_seq=) to resume
+        # with exactly the frames that follow it (docs/protocol.md §9.5).
+        self.last_seq: int | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed = trio.Event()
@@ -187,10 +193,19 @@ class Peer:
     # Internals
 
     async def _read(self) -> None:
+        unacknowledged = 0
         try:
             while True:
                 text = await self._ws.get_message()
                 frame = json.loads(text)
+                seq = frame.get("seq")
+                if isinstance(seq, int):
+                    self.last_seq = seq
+                    unacknowledged += 1
+                    if unacknowledged >= ACK_EVERY:
+                        unacknowledged = 0
+                        ack = {"event": "ping", "data": {"lastSeq": seq}}  # no id: no answer
+                        await self._ws.send_message(json.dumps(ack))
                 event = Event(frame.get("event", ""), frame.get("data") or {}, frame.get("id"))
                 waiter = self._waiting.get(event.id) if isinstance(event.id, int) else None
                 if waiter is not None and event.name in ("ack", "error"):
@@ -216,13 +231,15 @@ async def connect(
     token_in_query: bool = False,
     connect_timeout: float = 10,
     resume_token: str | None = None,
+    last_seq: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Peer]:
     """Connect, authenticate and join; yield the joined :class:`Peer`.
 
     With ``resume_token`` (an earlier peer's :attr:`Peer.resume_token`), the server
-    gives back that peer's place if it is still kept (``peer.resumed``; the events
-    queued meanwhile follow), else this is an ordinary join.
+    gives back that peer's place if it is still kept (``peer.resumed``), else this is
+    an ordinary join. With ``last_seq`` too (the earlier peer's :attr:`Peer.last_seq`),
+    exactly the events after that one follow, each once, in order.
 
     Raises:
         JoinRefused: the server refused the token or the join (``.code``, ``.close_code``).
@@ -231,6 +248,8 @@ async def connect(
         url = f"{url}{'&' if '?' in url else '?'}meetingAccessToken={quote(token)}"
         if resume_token is not None:
             url = f"{url}&resumeToken={quote(resume_token)}"
+            if last_seq is not None:
+                url = f"{url}&lastSeq={last_seq}"
     async with open_websocket_url(
         url,
         connect_timeout=connect_timeout,
@@ -243,6 +262,8 @@ async def connect(
             auth: dict[str, Any] = {"meetingAccessToken": token}
             if resume_token is not None:
                 auth["resumeToken"] = resume_token
+                if last_seq is not None:
+                    auth["lastSeq"] = last_seq
             await ws.send_message(json.dumps({"event": "auth", "id": 0, "data": auth}))
         try:
             first = json.loads(await ws.get_message())
@@ -261,6 +282,7 @@ async def connect(
             raise JoinRefused(data.get("code", "?"), data.get("message", ""), code, data)
         peer.snapshot = first["data"]
         peer.resumed = first["event"] == "room:resumed"
+        peer.last_seq = first.get("seq", last_seq if peer.resumed else None)
         # Opened only now, so that JoinRefused above is raised as itself, not in a group.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer._read)

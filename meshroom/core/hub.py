@@ -202,12 +202,17 @@ class Hub:
     # The transport entry point
 
     async def serve(
-        self, conn: Connection, *, token: str | None = None, resume_token: str | None = None
+        self,
+        conn: Connection,
+        *,
+        token: str | None = None,
+        resume_token: str | None = None,
+        last_seq: int | None = None,
     ) -> None:
         """Run one client connection to the end. Never raises for anything the client does.
 
-        ``token`` (and ``resume_token``) when the transport took them from the URL;
-        otherwise the first frame must be an ``auth`` request carrying them.
+        ``token`` (and ``resume_token``, ``last_seq``) when the transport took them from
+        the URL; otherwise the first frame must be an ``auth`` request carrying them.
         """
         request_id: RequestId | None = None
         if self.stopping:
@@ -217,7 +222,7 @@ class Hub:
             with trio.CancelScope() as waiting:
                 self._unjoined.add(waiting)
                 try:
-                    token, resume_token, request_id = await self._await_auth(conn)
+                    token, resume_token, last_seq, request_id = await self._await_auth(conn)
                 except JoinRefused as refusal:
                     await self._refuse(conn, refusal, None)
                     return
@@ -239,7 +244,7 @@ class Hub:
             )
             return
         try:
-            done = await self._join(claims, conn, request_id, resume_token)
+            done = await self._join(claims, conn, request_id, resume_token, last_seq)
         except JoinRefused as refusal:
             await self._refuse(conn, refusal, request_id)
             return
@@ -250,7 +255,9 @@ class Hub:
             ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY, "server is shutting down; reconnect"
         )
 
-    async def _await_auth(self, conn: Connection) -> tuple[str, str | None, RequestId | None]:
+    async def _await_auth(
+        self, conn: Connection
+    ) -> tuple[str, str | None, int | None, RequestId | None]:
         with trio.move_on_after(self._config.auth_timeout):
             while True:
                 try:
@@ -280,7 +287,8 @@ class Hub:
                         f"first frame must be an auth request, not {request.event!r}",
                     )
                 data = request.data
-                return data["meetingAccessToken"], data.get("resumeToken"), request.id
+                token = data["meetingAccessToken"]
+                return token, data.get("resumeToken"), data.get("lastSeq"), request.id
         self._events.emit(JoinRejected("auth-timeout"))
         raise JoinRefused(
             ErrorCode.AUTH_TIMEOUT,
@@ -311,6 +319,7 @@ class Hub:
         conn: Connection,
         request_id: RequestId | None,
         resume_token: str | None = None,
+        last_seq: int | None = None,
     ) -> trio.Event:
         """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
@@ -322,7 +331,11 @@ class Hub:
             if resume_token is not None:
                 # The access token proved who this is; the resume token proves it is the
                 # connection that held the place. Anything less is an ordinary join.
-                done = room.resume(emp_id, resume_token, conn, request_id) if room else None
+                done = (
+                    room.resume(emp_id, resume_token, conn, request_id, last_seq)
+                    if room is not None
+                    else None
+                )
                 if done is not None:
                     return done
                 self._events.emit(ResumeRefused(meeting_id, emp_id))

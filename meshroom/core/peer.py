@@ -29,6 +29,7 @@ class Takeover:
     conn: Connection
     request_id: Any
     done: trio.Event  # set once the room is finished with ``conn``
+    last_seq: int | None  # the last frame the client says it has (None: it did not say)
 
 
 class Peer:
@@ -70,8 +71,16 @@ class Peer:
         self.removed_at: dt.datetime | None = None  # when it stopped being a member
         self.grace_ends = 0.0  # trio.current_time() at which a kept place is given up
         self.takeover: Takeover | None = None
-        # Frames taken from the outbox whose write failed: sent first on a resumed connection.
-        self.unsent: list[bytes] = []
+        # Exactly-once resume: every frame written to the client is numbered (seq); the
+        # numbered frames the client has not acknowledged are kept (up to ``keep``), so a
+        # resume replays exactly what follows the last one the client says it has.
+        self.next_seq = 1
+        self.sent: deque[tuple[int, bytes]] = deque()
+        self.keep = 0  # how many unacknowledged frames to keep; 0 = none (resume off)
+        self.dropped_through = 0  # the newest unacknowledged seq given up to the bound
+        self.written_through = 0  # the newest seq whose write completed
+        # What the next connection sends before anything else: room:resumed and the replay.
+        self.resend: list[bytes] = []
 
     @property
     def state(self) -> PeerState:
@@ -84,6 +93,45 @@ class Peer:
     @property
     def detached(self) -> bool:
         return self.life.state is PeerState.DETACHED
+
+    def number(self, frames: list[bytes]) -> list[bytes]:
+        """Stamp each frame with the next ``seq``; keep them until acknowledged."""
+        seq = self.next_seq
+        numbered = []
+        for frame in frames:
+            # Every frame is a compact JSON object: the seq goes in before its last brace.
+            numbered.append(b'%b,"seq":%d}' % (frame[:-1], seq))
+            seq += 1
+        if self.keep:
+            sent = self.sent
+            sent.extend(zip(range(self.next_seq, seq), numbered, strict=True))
+            while len(sent) > self.keep:
+                self.dropped_through = sent.popleft()[0]
+        self.next_seq = seq
+        return numbered
+
+    def acknowledge(self, last_seq: int) -> None:
+        """The client has every frame up to ``last_seq``: forget them."""
+        sent = self.sent
+        while sent and sent[0][0] <= last_seq:
+            sent.popleft()
+
+    def can_replay_after(self, last_seq: int | None) -> bool:
+        """Whether every frame after ``last_seq`` is still here to be sent again."""
+        if last_seq is None:
+            return True
+        return self.dropped_through <= last_seq < self.next_seq
+
+    def replay_after(self, last_seq: int | None) -> list[bytes]:
+        """The kept frames the client lacks, in order (and forget those it has).
+
+        A client that does not say what it has (``None``; older clients) is taken to
+        have every frame whose write completed: it gets those whose write failed.
+        """
+        if last_seq is None:
+            return [frame for seq, frame in self.sent if seq > self.written_through]
+        self.acknowledge(last_seq)
+        return [frame for _, frame in self.sent]
 
     def new_resume_token(self) -> str:
         self.resume_token = secrets.token_urlsafe(32)

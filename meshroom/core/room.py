@@ -179,6 +179,8 @@ class Room:
         if existing is not None:
             self.remove(existing, lifecycle.REPLACED)
         peer.life.attach()
+        # With resume on, the frames the client has not acknowledged are kept for a replay.
+        peer.keep = self.config.outbox_size if self.config.resume_grace > 0 else 0
         self.send(peer, encode_event("room:joined", self._snapshot(peer), request_id))
         self.broadcast(encode_event("peer:joined", peer.public()))
         self.peers[peer.emp_id] = peer
@@ -211,15 +213,22 @@ class Room:
         return snapshot
 
     def resume(
-        self, emp_id: str, resume_token: str, conn: Connection, request_id: Any = None
+        self,
+        emp_id: str,
+        resume_token: str,
+        conn: Connection,
+        request_id: Any = None,
+        last_seq: int | None = None,
     ) -> trio.Event | None:
         """Hand ``conn`` to the member ``emp_id`` if ``resume_token`` is its current one.
 
         Works whether the peer is detached or still live (its client may have
         noticed the drop first); the old connection is then closed (4013). The token
-        is used up at once; the new connection gets a fresh one in ``room:resumed``.
+        is used up at once; the new connection gets a fresh one in ``room:resumed``,
+        then every frame after ``last_seq`` (the last one the client has), exactly once.
         Returns the event set once the room is done with ``conn``, or None (nothing
-        changed) if the peer is not here, is leaving, or the token is wrong.
+        changed) if the peer is not here, is leaving, the token is wrong, or a frame
+        the client lacks is no longer kept (it then joins afresh).
         Synchronous, like :meth:`attach`.
         """
         peer = self.peers.get(emp_id)
@@ -229,15 +238,16 @@ class Room:
             or self.closed
             or not peer.life.may_resume()
             or not peer.resume_token_matches(resume_token)
+            or not peer.can_replay_after(last_seq)
         ):
             return None
         peer.resume_token = None
         was_detached = peer.detached
         peer.life.resume()
         done = trio.Event()
-        peer.takeover = Takeover(conn, request_id, done)
-        # The old connection's writer stops now (a batch it was writing is kept in
-        # peer.unsent); what is queued from here on goes to the new connection.
+        peer.takeover = Takeover(conn, request_id, done, last_seq)
+        # The old connection's writer stops now (what it wrote is kept in peer.sent);
+        # what is queued from here on goes to the new connection.
         peer.write_scope.cancel()
         if was_detached or peer.receiving:
             # Waiting for a resume, or for a frame: stop waiting. A reader busy with a
@@ -323,11 +333,11 @@ class Room:
                 outcome = await self._serve_connection(peer, conn)
                 if outcome is Outcome.END:
                     break  # the teardown closes the connection, after the last frames
-                await self._close_connection(peer, conn, outcome)
+                # Closed aside, in the room's nursery: a connection that went silent can
+                # take close_timeout to close, and a resume must not wait for that.
+                assert self._nursery is not None
+                self._nursery.start_soon(self._close_connection, peer, conn, outcome, done)
                 current = None
-                done.set()
-                # Closing the connection took time: a resume or a removal may have come
-                # meanwhile, and then there is nothing to wait for.
                 if peer.life.connection_ended(resume_allowed=True) is Outcome.DETACH:
                     peer.life.detach()
                     self.events.emit(PeerDetached(self.id, peer.emp_id))
@@ -349,10 +359,12 @@ class Room:
         peer.takeover = None
         peer.life.resumed()
         peer.dropped_at = None
+        replay = peer.replay_after(takeover.last_seq)
         resumed = self._snapshot(peer)
-        resumed["queued"] = len(peer.unsent) + peer.outbox.statistics().current_buffer_used
-        # Then what could not be written before, then everything queued since.
-        peer.unsent.insert(0, encode_event("room:resumed", resumed, takeover.request_id))
+        resumed["queued"] = len(replay) + peer.outbox.statistics().current_buffer_used
+        # Then every frame the client lacks (written into the old connection, or not),
+        # then everything queued since; room:resumed itself has no seq.
+        peer.resend = [encode_event("room:resumed", resumed, takeover.request_id), *replay]
         self.events.emit(PeerResumed(self.id, peer.emp_id))
         return takeover.conn, takeover.done
 
@@ -400,14 +412,20 @@ class Room:
             self.send(peer, frame)
         peer.outbox.close()
 
-    async def _close_connection(self, peer: Peer, conn: Connection, outcome: Outcome) -> None:
+    async def _close_connection(
+        self, peer: Peer, conn: Connection, outcome: Outcome, done: trio.Event
+    ) -> None:
+        """Close a connection the peer no longer uses; ``done`` tells its transport."""
         if outcome is Outcome.TAKEOVER:
             code, reason = CloseCode.RESUMED_ELSEWHERE, "resumed on another connection"
         else:
             exit = peer.life.exit or lifecycle.DISCONNECTED
             code, reason = exit.close_code, exit.close_reason
-        with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
-            await conn.close(code, reason)
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
+                await conn.close(code, reason)
+        finally:
+            done.set()
 
     async def _teardown(self, peer: Peer, conn: Connection | None, done: trio.Event) -> None:
         """The one way a peer ends: out of the room, connections closed, leave recorded."""
@@ -444,9 +462,10 @@ class Room:
         samples = peer.latency_samples
         with trio.CancelScope() as peer.write_scope:
             try:
-                if peer.unsent:  # a resumed connection: what the last one could not write
-                    await conn.send(peer.unsent)
-                    peer.unsent = []
+                if peer.resend:  # a resumed connection: room:resumed, then the replay
+                    await conn.send(peer.resend)
+                    peer.resend = []
+                    peer.written_through = peer.next_seq - 1
                 async for frame in reader:
                     batch = [frame]
                     while len(batch) < WRITE_BATCH:
@@ -457,10 +476,10 @@ class Room:
                     # Samples taken so far belong to frames already queued, hence in this
                     # batch (or an earlier one) unless the batch was cut at WRITE_BATCH.
                     timed = len(samples)
-                    # Kept until written: if the connection drops now, a resume resends them.
-                    peer.unsent = batch
-                    await conn.send(batch)
-                    peer.unsent = []
+                    # Numbered and kept (until acknowledged) before the write: if the
+                    # connection drops now, a resume sends again what the client lacks.
+                    await conn.send(peer.number(batch))
+                    peer.written_through = peer.next_seq - 1
                     if timed:
                         now = trio.current_time()
                         for _ in range(timed):
@@ -570,6 +589,9 @@ class Room:
         return True
 
     async def _on_ping(self, peer: Peer, request: Request) -> bool:
+        last_seq = request.data.get("lastSeq")
+        if last_seq is not None:
+            peer.acknowledge(last_seq)
         self.ack(peer, request, {"serverTime": utcnow().isoformat()})
         return False
 

@@ -12,7 +12,12 @@ from quart import Blueprint, Response, current_app, websocket
 
 from ..core.connection import ConnectionClosed, MessageTooLarge
 from ..core.limits import OriginPolicy
-from ..transports.websocket import RESUME_QUERY_PARAMETER, TOKEN_QUERY_PARAMETER
+from ..transports.websocket import (
+    LAST_SEQ_QUERY_PARAMETER,
+    RESUME_QUERY_PARAMETER,
+    TOKEN_QUERY_PARAMETER,
+    parse_last_seq,
+)
 
 if TYPE_CHECKING:
     from .extension import Meshroom
@@ -97,6 +102,7 @@ async def meetings() -> Response | None:
                 conn,
                 token=websocket.args.get(TOKEN_QUERY_PARAMETER),
                 resume_token=websocket.args.get(RESUME_QUERY_PARAMETER),
+                last_seq=parse_last_seq(websocket.args.get(LAST_SEQ_QUERY_PARAMETER)),
             )
         finally:
             conn.disconnected()

@@ -32,7 +32,7 @@ MAX_NESTING_DEPTH: Final = 128
 @dataclass(frozen=True, slots=True)
 class Field:
     name: str
-    kind: str  # "string", "object", "object-or-null", "boolean"
+    kind: str  # "string", "object", "object-or-null", "boolean", "count"
     required: bool = True
     max_length: int = 0
 
@@ -46,6 +46,8 @@ CLIENT_EVENTS: Final[Mapping[str, tuple[Field, ...]]] = {
     "auth": (
         Field("meetingAccessToken", "string", max_length=8192),
         Field("resumeToken", "string", required=False, max_length=MAX_RESUME_TOKEN_LENGTH),
+        # The seq of the last frame the client has (resume: what follows is replayed).
+        Field("lastSeq", "count", required=False),
     ),
     "signal:offer": (_target(), Field("offer", "object")),
     "signal:answer": (_target(), Field("answer", "object")),
@@ -56,7 +58,7 @@ CLIENT_EVENTS: Final[Mapping[str, tuple[Field, ...]]] = {
         Field("handRaised", "boolean", required=False),
     ),
     "peer:leave": (),
-    "ping": (),
+    "ping": (Field("lastSeq", "count", required=False),),
     "host:kick": (_target(),),
     "host:ban": (
         _target(),
@@ -73,6 +75,8 @@ _KIND_CHECKS: Final = {
     "object": lambda v: isinstance(v, dict),
     "object-or-null": lambda v: v is None or isinstance(v, dict),
     "boolean": lambda v: isinstance(v, bool),
+    # A frame count: a non-negative integer (JSON true is not one) that fits 64 bits.
+    "count": lambda v: type(v) is int and 0 <= v < 2**63,
 }
 
 
@@ -161,7 +165,8 @@ def decode_request(text: str | bytes) -> Request:
         if spec.name not in data and spec.required:
             raise _field_error(spec, "is required", request_id, event)
         if not _KIND_CHECKS[spec.kind](value):
-            raise _field_error(spec, f"must be of type {spec.kind}", request_id, event)
+            what = "a non-negative integer" if spec.kind == "count" else f"of type {spec.kind}"
+            raise _field_error(spec, f"must be {what}", request_id, event)
         if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
             raise _field_error(spec, f"is longer than {spec.max_length}", request_id, event)
     return Request(event=event, data=data, id=request_id)

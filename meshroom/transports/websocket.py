@@ -39,6 +39,7 @@ RECEIVE_SIZE: Final = 65536
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 TOKEN_QUERY_PARAMETER: Final = "meetingAccessToken"
 RESUME_QUERY_PARAMETER: Final = "resumeToken"
+LAST_SEQ_QUERY_PARAMETER: Final = "lastSeq"
 # How long a connection refused for want of a slot may take to send its request.
 REFUSAL_READ_SECONDS: Final = 2.0
 # How long a connection that missed its heartbeat is given to take our close frame.
@@ -253,6 +254,17 @@ class Upgrade:
     def resume_token(self) -> str | None:
         values = self.query.get(RESUME_QUERY_PARAMETER)
         return values[0] if values else None
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the last frame a resuming client has (None if absent or not a count)."""
+        return parse_last_seq(self.query.get(LAST_SEQ_QUERY_PARAMETER, [None])[0])
+
+
+def parse_last_seq(value: str | None) -> int | None:
+    if value is None or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
 
 
 ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[None]]
