@@ -64,3 +64,19 @@ async def test_join_and_relay_among_three(sio: SioServer, client: tuple[str, Any
         # An error with no ack id arrives as an "error" event.
         await bob.emit("signal:offer", {"targetEmpId": "nobody", "offer": offer})
         assert (await bob.event("error"))["code"] == "TARGET_NOT_FOUND"
+
+
+async def test_meshroom_serve_answers_socketio_on_its_signaling_port(
+    sio: SioServer, client: tuple[str, Any]
+) -> None:
+    """The Server itself (what ``meshroom serve`` runs) routes /socket.io/ on its port."""
+    kind, transports = client
+    native = sio.native
+    meeting = await native.meeting(host="alice")
+    url = f"http://127.0.0.1:{native.server.port}"
+    async with driver(kind) as alice, driver(kind) as bob:
+        await alice.join(url, native.token(meeting, "alice", Role.HOST), transports=transports)
+        await bob.join(url, native.token(meeting, "bob"), transports=transports)
+        offer = {"type": "offer", "sdp": "v=0 serve"}
+        assert await alice.call("signal:offer", {"targetEmpId": "bob", "offer": offer}) == [{}]
+        assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}
