@@ -133,7 +133,12 @@ class Server:
         )
 
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
-            await hub.serve(conn, token=upgrade.token, resume_token=upgrade.resume_token)
+            await hub.serve(
+                conn,
+                token=upgrade.token,
+                resume_token=upgrade.resume_token,
+                last_seq=upgrade.last_seq,
+            )
 
         # Socket.IO clients (/socket.io/) on the same port; their Engine.IO sessions
         # live in the handlers' nursery, so they outlast the accept loop at shutdown.
