@@ -185,6 +185,9 @@ const FINAL_ERRORS = new Map([
   ["ROOM_FULL", EndReason.ROOM_FULL],
 ]);
 
+// Acknowledge received frames every this many (and with every heartbeat).
+const ACK_EVERY = 128;
+
 const DEFAULTS = {
   rtcConfig: {},
   reconnect: { initialDelay: 500, maxDelay: 10000, maxAttempts: 30 },
@@ -257,6 +260,10 @@ export class MeshroomClient extends Emitter {
     this._notice = null; // the last session:closed / meeting:ended before a close
     this._lastError = null; // the last error frame (a refusal's reason)
     this._resumeToken = null; // from the snapshot, when the server keeps places for a resume
+    // The seq of the last frame received: a resume asks for exactly what follows it,
+    // and acknowledging it now and then lets the server forget what we have.
+    this._lastSeq = null;
+    this._unacknowledged = 0;
     this._resuming = false; // reconnecting with peer connections kept, to resume the session
     this._heldSignals = []; // our signals while resuming, sent once the session is back
     this._shutdownHint = null; // server:shutdown's reconnectAfterMs
@@ -411,7 +418,10 @@ export class MeshroomClient extends Emitter {
     ws.onopen = () => {
       const data = { meetingAccessToken: this.token };
       // Seam for a server-side resume credential: sent back if the snapshot carried one.
-      if (this._resumeToken) data.resumeToken = this._resumeToken;
+      if (this._resumeToken) {
+        data.resumeToken = this._resumeToken;
+        if (this._lastSeq !== null) data.lastSeq = this._lastSeq;
+      }
       this._send({ event: "auth", id: 0, data });
     };
     ws.onmessage = (message) => this._onFrame(message.data);
@@ -443,6 +453,12 @@ export class MeshroomClient extends Emitter {
     }
     const { event, id } = frame;
     const data = frame.data || {};
+    if (Number.isInteger(frame.seq)) {
+      // A new session numbers from 1 again; within one, a frame seen before is dropped.
+      if (event !== "room:joined" && this._lastSeq !== null && frame.seq <= this._lastSeq) return;
+      this._lastSeq = frame.seq;
+      if (++this._unacknowledged >= ACK_EVERY) this._acknowledge();
+    }
     if ((event === "ack" || event === "error") && id !== undefined && this._pending.has(id)) {
       const waiter = this._pending.get(id);
       this._pending.delete(id);
@@ -612,13 +628,21 @@ export class MeshroomClient extends Emitter {
     for (const track of this.localStream.getVideoTracks()) track.enabled = !this.presence.cameraOff;
   }
 
+  /** Tell the server the last frame we have (a ping without id: it gets no answer). */
+  _acknowledge() {
+    this._unacknowledged = 0;
+    if (this._lastSeq !== null) this._send({ event: "ping", data: { lastSeq: this._lastSeq } });
+  }
+
   _startHeartbeat() {
     this._stopHeartbeat();
     if (!this.heartbeatInterval) return;
     const ws = this._ws;
     this._heartbeatTimer = setInterval(() => {
       if (this._ws !== ws) return;
-      this.request("ping", {}, this.heartbeatTimeout).catch((error) => {
+      const data = this._lastSeq !== null ? { lastSeq: this._lastSeq } : {};
+      this._unacknowledged = 0;
+      this.request("ping", data, this.heartbeatTimeout).catch((error) => {
         // No answer: the connection is dead even if the browser has not noticed.
         if (this._ws === ws && error.code === "TIMEOUT") this._drop(ws, 1006, "heartbeat timeout");
       });
