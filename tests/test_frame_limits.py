@@ -13,6 +13,7 @@ from _rawws import raw_client
 from _signaling import raw_socket, receive_json, server_settings, start_server
 
 from meshroom import Role
+from meshroom.client import connect
 from meshroom.transports import frames
 from meshroom.transports.frames import (
     OP_CLOSE,
@@ -22,6 +23,7 @@ from meshroom.transports.frames import (
     ProtocolViolation,
     hard_message_limit,
 )
+from meshroom.transports.websocket import TIMED_OUT_CLOSE_SECONDS
 
 
 @pytest.mark.parametrize("transport", ["standalone", "quart"])
@@ -139,4 +141,34 @@ async def test_the_listener_closes_at_the_header_without_waiting_for_the_payload
                 await client.stream.send_all(header)
                 assert await client.frames_until_closed() == []
                 assert client.close_code == code
+            server.server.request_shutdown()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [_header(0x89, 2**40), _header(0x81, 2**40), _header(0x01, 5)[:2].replace(b"\x01", b"\x03")],
+    ids=["ping-1TiB", "text-1TiB", "reserved-opcode"],
+)
+async def test_a_client_that_breaks_the_protocol_and_then_stays_silent_is_cut_off(
+    tmp_path: Path, header: bytes
+) -> None:
+    """It gets its close frame, and TIMED_OUT_CLOSE_SECONDS to answer it; not forever."""
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, server_settings(tmp_path))
+            meeting = await server.meeting()
+            async with (
+                connect(server.url, server.token(meeting, "bob")) as bob,
+                raw_client(server.url) as client,
+            ):
+                joined = await client.authenticate(server.token(meeting, "alice"))
+                assert joined["event"] == "room:joined"
+                await client.stream.send_all(header)
+                start = trio.current_time()
+                # Read the close frame, never answer it: the server must hang up anyway.
+                while await client.stream.receive_some(65536):
+                    pass
+                assert trio.current_time() - start < TIMED_OUT_CLOSE_SECONDS + 2
+                left = await bob.wait_for("peer:left", empId="alice")
+                assert left.data["reason"] == "disconnected"
             server.server.request_shutdown()

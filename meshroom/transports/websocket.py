@@ -124,7 +124,11 @@ class WebSocketConnection:
                 pending.extend(self._reader.feed(data))
             except ProtocolViolation as exc:
                 log.debug("protocol error from %s: %s", self._remote, exc.reason)
-                await self.close(exc.code, exc.reason)
+                # close() waits for the client's answer, and nothing else bounds that
+                # wait here: a client that broke the protocol and then went silent would
+                # hold its connection forever. It gets as long as a timed-out one.
+                with trio.move_on_after(TIMED_OUT_CLOSE_SECONDS):
+                    await self.close(exc.code, exc.reason)  # (which hangs up, in any case)
                 raise ConnectionClosed(exc.code, exc.reason) from None
 
     async def _handle_other(self, event: frames.Event) -> None:
