@@ -182,6 +182,9 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
         raise TokenError("token claims mid, sub and name must be non-empty strings")
     if len(emp_id) > 128 or len(name) > 200:
         raise TokenError("token claims sub or name are too long")
+    if any("\x00" in v for v in (meeting_id, emp_id, name)):
+        # They are written to the database, and PostgreSQL text cannot hold NUL.
+        raise TokenError("token claims mid, sub and name must not contain NUL characters")
     if not isinstance(role, str) or role not in _ROLES:
         raise TokenError(f"token role must be one of {', '.join(Role)}")
     try:

@@ -169,6 +169,10 @@ def decode_request(text: str | bytes) -> Request:
             raise _field_error(spec, f"must be {what}", request_id, event)
         if spec.max_length and isinstance(value, str) and len(value) > spec.max_length:
             raise _field_error(spec, f"is longer than {spec.max_length}", request_id, event)
+        if isinstance(value, str) and "\x00" in value:
+            # These strings reach the database (an employee id, a ban reason), and
+            # PostgreSQL text cannot hold NUL: it would fail the request there (1011).
+            raise _field_error(spec, "must not contain NUL characters", request_id, event)
     return Request(event=event, data=data, id=request_id)
 
 
