@@ -1,12 +1,16 @@
-"""NUL characters in strings that reach the database (issue 11 #6, found by a hostile run
-on PostgreSQL): a ban reason or employee id holding U+0000 failed the host's request
-inside PostgreSQL ("text fields cannot contain NUL") and closed the host with 1011.
+"""Strings that reach the database but that it cannot hold (issue 11 #6, found by a
+hostile run): a ban reason or employee id holding U+0000 failed the host's request inside
+PostgreSQL ("text fields cannot contain NUL") and closed the host with 1011; a token
+whose sub or name held a lone surrogate failed its join with 1011 on both backends.
 They are now refused where they come in, on both backends alike.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +92,56 @@ async def test_nul_in_a_ban_an_unban_and_a_token_is_refused_not_1011(
                 assert answer["event"] == "ack"
             async with raw_client(server.url) as eve:
                 token = server.token(meeting, "e\x00ve")
+                await eve.send_json("auth", {"meetingAccessToken": token}, id=1)
+                frames = await eve.frames_until_closed()
+                assert [f["data"]["code"] for f in frames] == ["AUTH_FAILED"]
+                assert eve.close_code == 4001
+            server.server.request_shutdown()
+
+
+def _signed(secret: str, claims: dict[str, object]) -> str:
+    """An HS256 token signed by hand: PyJWT would write a lone surrogate as it is."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(b'{"alg":"HS256","typ":"JWT"}')
+    body = b64(json.dumps(claims).encode())  # (json.dumps writes "\ud800" as an escape)
+    signature = hmac.digest(secret.encode(), f"{head}.{body}".encode(), "sha256")
+    return f"{head}.{body}.{b64(signature)}"
+
+
+@pytest.mark.parametrize("claim", ["mid", "sub", "name"])
+@pytest.mark.parametrize("text", ["\ud800", "A\udfffB"], ids=["high", "low"])
+def test_a_token_claim_holding_a_lone_surrogate_is_refused(claim: str, text: str) -> None:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "mid": "m-1", "sub": "eve", "name": "Eve", "role": "PARTICIPANT", "iat": now,
+        "exp": now + 600, "jti": "j", "aud": "meshroom", "iss": "meshroom",
+    }  # fmt: skip
+    claims[claim] = text
+    with pytest.raises(TokenError, match="lone surrogates"):
+        verify_token(TokenKeys.shared_secret("s" * 48), _signed("s" * 48, claims))
+
+
+@pytest.mark.parametrize("claim", ["sub", "name"])
+async def test_a_lone_surrogate_in_a_token_is_auth_failed_not_1011(
+    tmp_path: Path,
+    db_url: str,  # noqa: F811
+    claim: str,
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, server_settings(tmp_path, database_url=db_url))
+            meeting = await server.meeting()
+            now = int(time.time())
+            claims: dict[str, object] = {
+                "mid": meeting.id, "sub": "eve", "name": "Eve", "role": "PARTICIPANT",
+                "iat": now, "exp": now + 600, "jti": "j", "aud": "meshroom", "iss": "meshroom",
+            }  # fmt: skip
+            claims[claim] = "E\ud800ve"
+            async with raw_client(server.url) as eve:
+                token = _signed(server.settings.secret, claims)
                 await eve.send_json("auth", {"meetingAccessToken": token}, id=1)
                 frames = await eve.frames_until_closed()
                 assert [f["data"]["code"] for f in frames] == ["AUTH_FAILED"]

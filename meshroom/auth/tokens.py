@@ -182,9 +182,10 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
         raise TokenError("token claims mid, sub and name must be non-empty strings")
     if len(emp_id) > 128 or len(name) > 200:
         raise TokenError("token claims sub or name are too long")
-    if any("\x00" in v for v in (meeting_id, emp_id, name)):
-        # They are written to the database, and PostgreSQL text cannot hold NUL.
-        raise TokenError("token claims mid, sub and name must not contain NUL characters")
+    if not all(_storable(v) for v in (meeting_id, emp_id, name)):
+        raise TokenError(
+            "token claims mid, sub and name must not contain NUL characters or lone surrogates"
+        )
     if not isinstance(role, str) or role not in _ROLES:
         raise TokenError(f"token role must be one of {', '.join(Role)}")
     try:
@@ -201,6 +202,21 @@ def verify_token(keys: TokenKeys, token: str) -> Claims:
         issued_at=issued_at,
         expires_at=expires_at,
     )
+
+
+def _storable(text: str) -> bool:
+    """Whether a database can hold ``text``: the claims are written to one.
+
+    PostgreSQL text cannot hold NUL, and no driver encodes a lone surrogate (which
+    JSON's ``"\\ud800"`` decodes to) as UTF-8: either failed the join there, with 1011.
+    """
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jti_text(jti: object) -> str:
