@@ -26,6 +26,8 @@ function connect(cmd) {
     const engine = manager.engine;
     out({ type: "open", transport: engine.transport.name });
     engine.on("upgrade", (transport) => out({ type: "upgrade", transport: transport.name }));
+    engine.on("upgrading", (transport) => out({ type: "upgrading", transport: transport.name }));
+    engine.on("upgradeError", (err) => out({ type: "upgrade_error", message: String(err) }));
   });
   manager.on("reconnect_attempt", (n) => out({ type: "reconnect_attempt", attempt: n }));
   manager.on("close", (reason) => out({ type: "engine_close", reason }));
