@@ -282,6 +282,7 @@ class Target:
                 # The HTTP API (and its Quart signaling route) only when that is measured.
                 "MESHROOM_HTTP_PORT": str(self.http_port) if self.http_port else http_off(),
                 "MESHROOM_API_KEY_FILE": str(self.workdir / "meshroom.apikey"),
+                "MESHROOM_ATTENDANCE_JOURNAL": str(self.workdir / "meshroom.journal"),
                 # A load generator is the abuse the limits are there to stop: the relay
                 # floods past the per-connection rate limit, teardown fills one room far
                 # past max-room-peers. Measured without them (meshroom serve has both on).

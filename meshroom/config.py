@@ -178,6 +178,11 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds shutdown waits to write attendance leaves still queued",
     )
+    attendance_journal: str = Field(
+        default="meshroom.journal",
+        description="local file keeping attendance the database did not take, replayed at "
+        "start (crash during an outage); off = none",
+    )
     secret: str | None = Field(
         default=None,
         description="HS256 secret for access tokens (at least 32 bytes); see secret-file",
@@ -402,6 +407,11 @@ class Settings(BaseSettings):
             retry_initial=min(0.5, self.leave_retry_max),
             flush_timeout=self.leave_flush_timeout,
         )
+
+    def journal_path(self) -> str | None:
+        """The attendance journal's file, or None when it is off."""
+        value = self.attendance_journal.strip()
+        return None if value.lower() in (OFF, "") else value
 
     def hub_config(self) -> HubConfig:
         return HubConfig(

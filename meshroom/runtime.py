@@ -27,6 +27,7 @@ from .core import Hub
 from .metrics import Metrics
 from .service import MeetingService
 from .store import SqlStore, StoreError
+from .store.journal import Journal, replay
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,21 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         raise ConfigError(
             f"cannot open the database {safe_url(settings.database_url)}: {exc}"
         ) from None
+    journal = Journal(path) if (path := settings.journal_path()) else None
     try:
+        if journal is not None:
+            try:
+                await journal.open()
+            except Exception as exc:
+                raise ConfigError(
+                    f"cannot open the attendance journal {path} "
+                    f"({settings.named('attendance_journal')}): {exc}"
+                ) from None
+            # What the database missed before the last stop goes in before recovery
+            # closes dangling rows: their last-seen times and leaves are then right.
+            await replay(journal, store)
         await recover_attendance(store)
-        hub = Hub(store, keys, hub_config, attendance=attendance)
+        hub = Hub(store, keys, hub_config, attendance=attendance, journal=journal)
         metrics = Metrics()
         metrics.observe(hub.events)
         store.on_call = metrics.db_call
@@ -81,6 +94,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
+            if journal is not None:
+                await journal.close()
             await store.close()
 
 

@@ -95,6 +95,7 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "resume_grace": 0.0,
         # Kicked employees may rejoin at once unless a test turns the block on.
         "kick_rejoin_block": 0.0,
+        "attendance_journal": str(tmp_path / "meshroom.journal"),
     }
     values.update(overrides)
     return Settings.from_env({}, **values)

@@ -14,15 +14,20 @@ was away at the moment a peer left:
   in one batched UPDATE per interval, so that after a crash the next start
   (:meth:`~meshroom.store.SqlStore.recover_open_attendance`) closes dangling
   rows at the last moment the server knew the peer was there.
+* With an :class:`AttendanceJournal` (a local file, :mod:`meshroom.store.journal`),
+  leaves and stamps the database did not take are also made durable there, so a
+  crash *during* a database outage loses neither: the next start replays them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -33,6 +38,26 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class AttendanceJournal(Protocol):
+    """Where attendance the database did not take is kept durably until it does."""
+
+    async def keep_leaves(self, leaves: Sequence[Leave]) -> None: ...
+
+    async def forget_leaves(self, attendance_ids: Sequence[int]) -> None: ...
+
+    async def keep_seen(self, attendance_ids: Sequence[int], at: dt.datetime) -> None: ...
+
+    async def forget_seen(self) -> None: ...
+
+
+async def _journal_safely(what: str, call: Callable[[], Awaitable[None]]) -> None:
+    """A journal that fails (disk full, say) must not stop attendance: log it, go on."""
+    try:
+        await call()
+    except Exception as exc:
+        log.error("the attendance journal could not %s: %s", what, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +82,16 @@ class LeaveWriter:
     Run :meth:`run` in the hub's nursery and :meth:`close` after every peer is gone.
     """
 
-    def __init__(self, store: Store, config: AttendanceConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: AttendanceConfig | None = None,
+        journal: AttendanceJournal | None = None,
+    ) -> None:
         self.store = store
         self.config = config or AttendanceConfig()
+        self.journal = journal
+        self._journaled: set[int] = set()  # pending leaves already kept in the journal
         self._pending: dict[int, Leave] = {}  # by attendance id, in submission order
         self._attempted: dict[int, trio.Event] = {}  # set after a write attempt covers it
         self._wake = trio.Event()
@@ -93,6 +125,9 @@ class LeaveWriter:
         and is not held hostage by the database when it is down.
         """
         self.submit(leave)
+        if self._failing:
+            # The database is away: make it durable now, not at the next failed retry.
+            await self._keep_in_journal()
         if not self._running or self._failing:
             return
         attempted = self._attempted.setdefault(leave.attendance_id, trio.Event())
@@ -144,9 +179,11 @@ class LeaveWriter:
                 if not isinstance(exc, StoreUnavailable):
                     log.exception("unexpected error writing attendance leaves")
                 self._release_waiters(leave.attendance_id for leave in batch)
+                await self._keep_in_journal()
                 return False
             for leave in batch:
                 self._pending.pop(leave.attendance_id, None)
+            await self._forget_in_journal([leave.attendance_id for leave in batch])
             self.written += written
             if self._failing:
                 self._failing = False
@@ -156,6 +193,22 @@ class LeaveWriter:
                 )
             self._release_waiters(leave.attendance_id for leave in batch)
             return True
+
+    async def _keep_in_journal(self) -> None:
+        journal = self.journal
+        fresh = [leave for i, leave in self._pending.items() if i not in self._journaled]
+        if journal is None or not fresh:
+            return
+        self._journaled.update(leave.attendance_id for leave in fresh)
+        await _journal_safely("keep leaves", lambda: journal.keep_leaves(fresh))
+
+    async def _forget_in_journal(self, attendance_ids: list[int]) -> None:
+        journal = self.journal
+        kept = [i for i in attendance_ids if i in self._journaled]
+        if journal is None or not kept:
+            return
+        self._journaled.difference_update(kept)
+        await _journal_safely("forget leaves", lambda: journal.forget_leaves(kept))
 
     def _release_waiters(self, attendance_ids: Iterable[int]) -> None:
         for attendance_id in attendance_ids:
@@ -190,9 +243,13 @@ async def run_heartbeats(
     live_attendance_ids: Callable[[], list[int]],
     interval: float,
     *,
+    journal: AttendanceJournal | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Every ``interval`` seconds, stamp ``last_seen_at`` on every live peer's row."""
+    """Every ``interval`` seconds, stamp ``last_seen_at`` on every live peer's row.
+
+    A stamp the database does not take goes to the journal (if any) instead.
+    """
     task_status.started()
     failing = False
     while True:
@@ -200,13 +257,19 @@ async def run_heartbeats(
         ids = live_attendance_ids()
         if not ids:
             continue
+        at = utcnow()
         try:
-            await store.touch_attendance(ids, utcnow())
+            await store.touch_attendance(ids, at)
         except Exception as exc:
             if not failing:
                 log.warning("could not record the attendance heartbeat: %s", exc)
             failing = True
+            if journal is not None:
+                keep = functools.partial(journal.keep_seen, ids, at)
+                await _journal_safely("keep a heartbeat", keep)
         else:
             if failing:
                 log.warning("attendance heartbeats are recorded again")
+                if journal is not None:
+                    await _journal_safely("forget heartbeats", journal.forget_seen)
             failing = False

@@ -11,6 +11,7 @@ The hub tells the world what happens through ``hub.events``
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -41,7 +42,7 @@ from ..store.base import (
     StoreUnavailable,
 )
 from . import lifecycle
-from .attendance import AttendanceConfig, LeaveWriter, run_heartbeats
+from .attendance import AttendanceConfig, AttendanceJournal, LeaveWriter, run_heartbeats
 from .connection import Connection, ConnectionClosed, MessageTooLarge
 from .controls import HostControls
 from .events import EventBus, JoinRejected, ResumeRefused, RoomClosed, RoomOpened
@@ -78,11 +79,13 @@ class Hub:
         config: HubConfig | None = None,
         *,
         attendance: AttendanceConfig | None = None,
+        journal: AttendanceJournal | None = None,
     ) -> None:
         self.store = store
         self.attendance = attendance or AttendanceConfig()
+        self.journal = journal
         # Every leave goes through this one writer (see core/attendance.py).
-        self.leaves = LeaveWriter(store, self.attendance)
+        self.leaves = LeaveWriter(store, self.attendance, journal)
         self.keys = keys
         self._config = config or HubConfig()
         self._events = EventBus()
@@ -143,10 +146,14 @@ class Hub:
                 self._nursery = nursery
                 await nursery.start(self.leaves.run)
                 nursery.start_soon(
-                    run_heartbeats,
-                    self.store,
-                    self.live_attendance_ids,
-                    self.attendance.heartbeat_interval,
+                    functools.partial(
+                        run_heartbeats,
+                        self.store,
+                        self.live_attendance_ids,
+                        self.attendance.heartbeat_interval,
+                        journal=self.journal,
+                    ),
+                    name="attendance heartbeats",
                 )
                 task_status.started(self)
                 await trio.sleep_forever()

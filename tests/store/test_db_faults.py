@@ -34,6 +34,7 @@ def settings(url: str, tmp_path) -> Settings:
         leave_retry_max=0.2,
         leave_flush_timeout=1.0,
         api_key_file=str(tmp_path / "apikey"),
+        attendance_journal=str(tmp_path / "meshroom.journal"),
     )
 
 

@@ -226,6 +226,7 @@ def serve_settings(url: str, tmp_path, **overrides: object) -> Settings:
         "database_url": url,
         "secret": "s" * 40,
         "api_key_file": str(tmp_path / "apikey"),
+        "attendance_journal": str(tmp_path / "meshroom.journal"),
     }
     return Settings.from_env({}, **{**values, **overrides})
 
