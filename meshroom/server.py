@@ -29,6 +29,7 @@ from .core import Hub
 from .runtime import Runtime, open_runtime, safe_url
 from .runtime import open_store as open_store  # for meshroom.cli until it imports runtime
 from .transports.socketio import SOCKETIO_PATH, endpoint_for
+from .transports.frames import hard_message_limit
 from .transports.websocket import Heartbeat, Upgrade, WebSocketConnection, serve_websocket
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class Server:
         config.graceful_timeout = min(1.0, settings.close_timeout)
         # Hypercorn buffers a whole message before the app sees it; the app then
         # answers FRAME_TOO_LARGE for anything over max_message_bytes.
-        config.websocket_max_message_size = max(4 * settings.max_message_bytes, 1 << 20)
+        config.websocket_max_message_size = hard_message_limit(settings.max_message_bytes)
         if settings.tls_cert:
             config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
         if settings.heartbeat_interval > 0:
