@@ -82,7 +82,12 @@ class EngineSession:
         self.closed = False
         self.close_reason = ""
         self._outbox: deque[Packet] = deque()
+        self._tags: deque[int | None] = deque()  # beside each queued packet: see push()
         self.outbox_bytes = 0
+        # The largest tag of a packet handed to the transport (a GET's body, a WebSocket
+        # write): the layer above tags messages with the native frame's seq, so this is
+        # how far the client has been sent its frames (docs/socketio.md, resume).
+        self.taken_tag: int | None = None
         self._noop_due = False  # the pending GET must be released for an upgrade
         self.get_in_flight = False
         self.post_in_flight = False
@@ -101,12 +106,20 @@ class EngineSession:
 
     # -- outbound --------------------------------------------------------------------
 
-    def push(self, packet: Packet) -> None:
-        """Queue a packet for the client (dropped once the session is closed)."""
+    def push(self, packet: Packet, tag: int | None = None) -> None:
+        """Queue a packet for the client (dropped once the session is closed).
+
+        ``tag``: a number that :attr:`taken_tag` reports once the packet is taken.
+        """
         if self.closed:
             return
         self._outbox.append(packet)
+        self._tags.append(tag)
         self.outbox_bytes += len(packet.data) + 1
+
+    def _taken(self, tag: int | None) -> None:
+        if tag is not None and (self.taken_tag is None or tag > self.taken_tag):
+            self.taken_tag = tag
 
     @property
     def has_output(self) -> bool:
@@ -136,6 +149,7 @@ class EngineSession:
             if parts and size + len(encoded) + 1 > self.max_payload:
                 break
             packet = self._outbox.popleft()
+            self._taken(self._tags.popleft())
             self.outbox_bytes -= len(packet.data) + 1  # as push() counted it
             parts.append(encoded)
             size += len(encoded) + 1
@@ -149,6 +163,9 @@ class EngineSession:
             return []
         frames = [encode_packet(packet, polling=False) for packet in self._outbox]
         self._outbox.clear()
+        for tag in self._tags:
+            self._taken(tag)
+        self._tags.clear()
         self.outbox_bytes = 0
         return frames
 

@@ -226,6 +226,7 @@ class NamespaceBridge:
     sid: str
     joined: bool = False
     resume_token: str | None = None  # from the last room:joined / room:resumed
+    frame_seq: int | None = None  # the ``seq`` of the frame :meth:`outbound` last read
     client_disconnected: bool = False  # the client sent DISCONNECT (or it is gone)
     _refusal: dict[str, Any] | None = None  # an error frame received before the join
     _early: list[Packet] | None = None  # other frames before the join (none expected)
@@ -275,6 +276,8 @@ class NamespaceBridge:
     def outbound(self, frame: bytes) -> list[Packet]:
         """The Socket.IO packets for one native frame (JSON text from the core)."""
         message = orjson.loads(frame)
+        seq = message.get("seq")
+        self.frame_seq = seq if type(seq) is int else None
         event: str = message["event"]
         data = message.get("data", {})
         request_id = message.get("id")

@@ -156,9 +156,11 @@ class _Session:
     def push(self, packets: Sequence[socketio.Packet]) -> None:
         self.push_text([socketio.encode(packet) for packet in packets])
 
-    def push_text(self, texts: Sequence[str], *, wake: bool = True) -> None:
-        for text in texts:
-            self.state.push(engineio.Packet(PacketType.MESSAGE, text))
+    def push_text(self, texts: Sequence[str], *, wake: bool = True, seq: int | None = None) -> None:
+        """Queue Socket.IO packets; ``seq``: the native frame they carry (on the last)."""
+        last = len(texts) - 1
+        for i, text in enumerate(texts):
+            self.state.push(engineio.Packet(PacketType.MESSAGE, text), seq if i == last else None)
         if texts and wake:
             self.notify()
 
@@ -260,10 +262,13 @@ class _Session:
         assert self.nursery is not None
         token = auth.get("meetingAccessToken", auth.get("token"))
         resume = auth.get("resumeToken")
+        last_seq = auth.get("lastSeq") if isinstance(resume, str) else None
         key = _token_key(token) if isinstance(token, str) else None
         if not isinstance(resume, str) and key is not None:
-            resume = self.endpoint.recall(key)
-            if resume is not None:
+            recalled = self.endpoint.recall(key)
+            if recalled is not None:
+                # What the dropped connection's client was sent: the core replays the rest.
+                resume, last_seq = recalled
                 log.debug("socket.io session %s: resuming a dropped connection", self.sid)
         bridge = NamespaceBridge(NAMESPACE, secrets.token_urlsafe(15))
         conn = self.conn = SocketIOConnection(self, bridge, token_key=key)
@@ -275,6 +280,8 @@ class _Session:
             data["meetingAccessToken"] = token
         if isinstance(resume, str):
             data["resumeToken"] = resume
+            if last_seq is not None:
+                data["lastSeq"] = last_seq
         conn.deliver_nowait(encode_json({"event": "auth", "data": data}))
         self.nursery.start_soon(self._serve, conn)
 
@@ -468,7 +475,8 @@ class SocketIOConnection:
         bridge = self.bridge
         key = self._token_key
         if bridge.joined and not bridge.client_disconnected and key and bridge.resume_token:
-            self._session.endpoint.remember(key, bridge.resume_token)
+            session = self._session
+            session.endpoint.remember(key, bridge.resume_token, session.state.taken_tag)
 
     # -- from the client ----------------------------------------------------------
 
@@ -520,18 +528,19 @@ class SocketIOConnection:
         if self._ended:
             raise ConnectionClosed(1006)
         session = self._session
-        texts: list[str] = []
+        bridge = self.bridge
         for frame in frames:
-            texts.extend(self.bridge.outbound_text(frame))
+            # Each frame's packets carry its seq, so the session knows how far the
+            # client has been sent its frames (the lastSeq of a resume).
+            session.push_text(bridge.outbound_text(frame), wake=False, seq=bridge.frame_seq)
         if session.ws is not None:
-            session.push_text(texts, wake=False)
             try:
                 await session.flush_websocket()
             except ConnectionClosed:
                 session.terminate("WebSocket closed")
                 raise ConnectionClosed(1006) from None
             return
-        session.push_text(texts)
+        session.notify()
         # Backpressure: the core's writer waits while the client has not taken what
         # it was sent; the core's own queue then decides when it is a slow consumer.
         while session.state.outbox_bytes > session.endpoint.outbox_bytes and not self._ended:
@@ -601,7 +610,8 @@ class SocketIOEndpoint:
     resume_memory_seconds: float = 120.0
     max_sessions: int = 10000  # Engine.IO sessions at once; past it, handshakes get 503
     _sessions: dict[str, _Session] = field(default_factory=dict)
-    _resume: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
+    # digest of an access token -> (resume token, last seq sent to the client, expiry)
+    _resume: OrderedDict[str, tuple[str, int | None, float]] = field(default_factory=OrderedDict)
     _nursery: trio.Nursery | None = None
 
     @property
@@ -636,17 +646,19 @@ class SocketIOEndpoint:
 
     # -- resume memory ----------------------------------------------------------------
 
-    def remember(self, key: str, resume_token: str) -> None:
-        self._resume[key] = (resume_token, trio.current_time() + self.resume_memory_seconds)
+    def remember(self, key: str, resume_token: str, last_seq: int | None = None) -> None:
+        expiry = trio.current_time() + self.resume_memory_seconds
+        self._resume[key] = (resume_token, last_seq, expiry)
         self._resume.move_to_end(key)
         while len(self._resume) > RESUME_MEMORY:
             self._resume.popitem(last=False)
 
-    def recall(self, key: str) -> str | None:
+    def recall(self, key: str) -> tuple[str, int | None] | None:
+        """The resume token and last seq remembered for an access token (once)."""
         entry = self._resume.pop(key, None)
-        if entry is None or entry[1] < trio.current_time():
+        if entry is None or entry[2] < trio.current_time():
             return None
-        return entry[0]
+        return entry[0], entry[1]
 
     def forget(self, key: str) -> None:
         self._resume.pop(key, None)

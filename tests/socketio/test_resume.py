@@ -7,15 +7,21 @@ seed's, unchanged, and others in the room see no leave/join churn.
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
+import trio.testing
 
 from meshroom import Role
 from meshroom.client import connect
 
 from .harness import TRANSPORT_ENDED, driver, socketio_server
+
+BASE = "/socket.io/"
 
 NODE_CLIENTS = [
     pytest.param(None, id="node-default"),
@@ -83,3 +89,58 @@ async def test_auth_resume_token_takes_back_a_native_peers_place(tmp_path: Path)
         assert resumed["self"]["empId"] == "bob"
         await alice.call("ping", {})  # a round trip: alice saw no leave/join churn
         assert [e["event"] for e in alice.unread("event")] == []
+
+
+async def test_frames_a_dropped_polling_client_never_fetched_come_on_resume(
+    tmp_path: Path,
+) -> None:
+    """Frames still queued in a polling session when it dropped are replayed, once.
+
+    The endpoint remembers how far the client was sent its frames (the last ``seq``
+    handed to a GET) and resumes with that ``lastSeq``, so the core replays the rest.
+    """
+    async with (
+        socketio_server(tmp_path, resume_grace=30.0) as sio,
+        httpx.AsyncClient(base_url=sio.url) as http,
+    ):
+        meeting = await sio.native.meeting(host="alice")
+        auth = json.dumps({"meetingAccessToken": sio.native.token(meeting, "bob")})
+
+        async def session() -> str:
+            reply = await http.get(BASE, params={"EIO": "4", "transport": "polling"})
+            sid = str(json.loads(reply.text[1:])["sid"])
+            params = {"EIO": "4", "transport": "polling", "sid": sid}
+            assert (
+                await http.post(BASE, params=params, content=f"40/meetings,{auth}")
+            ).text == "ok"
+            return sid
+
+        async def events(sid: str, until: str) -> list[list[object]]:
+            params = {"EIO": "4", "transport": "polling", "sid": sid}
+            seen: list[list[object]] = []
+            with trio.fail_after(10):
+                while not any(e[0] == until for e in seen):
+                    body = (await http.get(BASE, params=params)).text
+                    for packet in body.split("\x1e"):
+                        if packet.startswith("42/meetings,"):
+                            seen.append(json.loads(packet[len("42/meetings,") :]))
+            return seen
+
+        async with connect(sio.ws_url, sio.native.token(meeting, "alice", Role.HOST)) as alice:
+            first = await session()
+            await events(first, "room:joined")
+            await alice.wait_for("peer:joined", empId="bob")
+            offer = {"type": "offer", "sdp": "v=0 queued"}
+            await alice.offer("bob", offer)
+            # The offer is in bob's session, which he does not poll any more; he drops.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+            assert sio.endpoint._sessions[first].state.has_output
+            params = {"EIO": "4", "transport": "polling", "sid": first}
+            assert (await http.post(BASE, params=params, content="1")).text == "ok"
+
+            second = await session()
+            seen = await events(second, "signal:offer")
+            assert seen[0][0] == "room:resumed"
+            assert [e for e in seen if e[0] == "signal:offer"] == [
+                ["signal:offer", {"fromEmpId": "alice", "offer": offer}]
+            ]
