@@ -167,7 +167,7 @@ def test_session_delivers_every_message_once_in_order(ops: list[str], max_payloa
     for n, op in enumerate(ops):
         if op == "push":
             message = f"m{n}"
-            session.push(engineio.Packet(engineio.PacketType.MESSAGE, message))
+            session.push(engineio.Packet(engineio.PacketType.MESSAGE, message), tag=n)
             if not session.closed:
                 pushed.append(message)
         elif op == "poll" and session.poll_ready():
@@ -215,6 +215,8 @@ def test_session_delivers_every_message_once_in_order(ops: list[str], max_payloa
             assert body is not None
             collect(engineio.decode_payload(body))
     assert delivered == pushed
+    # The tag of the last packet taken tells how far the client has been sent.
+    assert session.taken_tag == (int(pushed[-1][1:]) if pushed else None)
 
 
 def test_session_rules() -> None:
