@@ -178,9 +178,16 @@ class _Session:
         if ws is None:
             return
         async with self._ws_lock:
-            frames = self.state.take_websocket()
+            state = self.state
+            sent_before = state.taken_tag
+            frames = state.take_websocket()
             if frames:
-                await ws.send([f.encode() if isinstance(f, str) else f for f in frames])
+                try:
+                    await ws.send([f.encode() if isinstance(f, str) else f for f in frames])
+                except ConnectionClosed:
+                    # Not written: they do not count as sent (a resume replays them).
+                    state.taken_tag = sent_before
+                    raise
 
     def terminate(self, reason: str, *, timed_out: bool = False) -> None:
         """End the session (idempotent); the namespace's native connection sees the drop."""
