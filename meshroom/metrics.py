@@ -7,10 +7,14 @@ knows nothing of this module: :meth:`Metrics.observe` subscribes to a hub's
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from collections.abc import Iterator, Mapping
 
-from .core import events
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .core import Hub, events
 from .protocol import LeaveReason
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -30,9 +34,6 @@ class Metrics:
         )
         self.leaves = Counter(
             "meshroom_leaves", "Peers that left a room, by reason", ["reason"], registry=r
-        )
-        self.messages = Counter(
-            "meshroom_messages_relayed", "Signals relayed, by event", ["event"], registry=r
         )
         self.relay_latency = Histogram(
             "meshroom_relay_latency_seconds",
@@ -54,11 +55,16 @@ class Metrics:
             registry=r,
         )
         # Resolved once: labelled children are looked up per message otherwise.
-        self._relayed = {event: self.messages.labels(event) for event in _SIGNALS}
         self._left = {reason: self.leaves.labels(reason.value) for reason in LeaveReason}
 
-    def observe(self, bus: events.EventBus) -> None:
-        """Count what the core reports on ``bus`` from now on."""
+    def observe(self, hub: Hub) -> None:
+        """Count what ``hub`` reports from now on.
+
+        Relayed signals are the one hot path: the hub counts them in a plain dict and
+        they are read at scrape time, rather than one event per signal.
+        """
+        self.registry.register(_RelayedCollector(hub.relay_counts))
+        bus = hub.events
         bus.on(events.RoomOpened, lambda _: self.rooms.inc())
         bus.on(events.RoomClosed, lambda _: self.rooms.dec())
         bus.on(events.PeerJoined, self._on_joined)
@@ -66,7 +72,6 @@ class Metrics:
         bus.on(events.JoinRejected, lambda e: self.rejected(e.reason))
         bus.on(events.PeerResumed, lambda _: self.resumed())
         bus.on(events.ResumeRefused, lambda _: self.resume_refused())
-        bus.on(events.SignalRelayed, lambda e: self._relayed[e.event].inc())
         bus.on(events.RelayLatency, lambda e: self.relay_latency.observe(e.seconds))
 
     def _on_joined(self, _: events.PeerJoined) -> None:
@@ -91,3 +96,18 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RelayedCollector(Collector):
+    """``meshroom_messages_relayed_total{event}``, read from the hub's counts when scraped."""
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "meshroom_messages_relayed", "Signals relayed, by event", labels=["event"]
+        )
+        for event in _SIGNALS:
+            family.add_metric([event], self._counts.get(event, 0))
+        yield family

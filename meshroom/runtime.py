@@ -80,7 +80,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         await recover_attendance(store)
         hub = Hub(store, keys, hub_config, attendance=attendance, journal=journal)
         metrics = Metrics()
-        metrics.observe(hub.events)
+        metrics.observe(hub)
         store.on_call = metrics.db_call
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)

@@ -162,7 +162,7 @@ class MemoryHub:
         self.store = store
         self.nursery = nursery
         self.metrics = Metrics()  # fed by the hub's events, as the runtime wires it
-        self.metrics.observe(hub.events)
+        self.metrics.observe(hub)
 
     async def meeting(self, title: str = "Standup", host: str = "host") -> Meeting:
         meeting = await self.store.create_meeting(title=title, host_emp_id=host)

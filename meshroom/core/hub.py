@@ -10,6 +10,7 @@ The hub tells the world what happens through ``hub.events``
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import logging
@@ -89,6 +90,8 @@ class Hub:
         self.keys = keys
         self._config = config or HubConfig()
         self._events = EventBus()
+        # Signals relayed, by event: counted here, not as events (the hot path).
+        self._relay_counts: collections.Counter[str] = collections.Counter()
         self.rooms: dict[str, Room] = {}
         self._nursery: trio.Nursery | None = None
         self._room_locks = KeyedLocks()
@@ -122,6 +125,10 @@ class Hub:
     @property
     def controls(self) -> HostControls:
         return self._controls
+
+    @property
+    def relay_counts(self) -> collections.Counter[str]:
+        return self._relay_counts
 
     async def record_leave(self, leave: Leave) -> None:
         await self.leaves.record(leave)

@@ -13,13 +13,16 @@ import hmac
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 
 from ..roles import Role
 from .connection import Connection
 from .lifecycle import Exit, Lifecycle, PeerState
+
+# Bytes of unacknowledged frames kept per peer for a resume, at most.
+KEEP_BYTES: Final = 1 << 20
 
 
 @dataclass(slots=True)
@@ -75,7 +78,10 @@ class Peer:
         # numbered frames the client has not acknowledged are kept (up to ``keep``), so a
         # resume replays exactly what follows the last one the client says it has.
         self.next_seq = 1
-        self.sent: deque[tuple[int, bytes]] = deque()
+        # Consecutive frames: sent[0] is seq sent_from (the next seq when it is empty).
+        self.sent: deque[bytes] = deque()
+        self.sent_from = 1
+        self.sent_bytes = 0
         self.keep = 0  # how many unacknowledged frames to keep; 0 = none (resume off)
         self.dropped_through = 0  # the newest unacknowledged seq given up to the bound
         self.written_through = 0  # the newest seq whose write completed
@@ -96,25 +102,31 @@ class Peer:
 
     def number(self, frames: list[bytes]) -> list[bytes]:
         """Stamp each frame with the next ``seq``; keep them until acknowledged."""
-        seq = self.next_seq
-        numbered = []
-        for frame in frames:
-            # Every frame is a compact JSON object: the seq goes in before its last brace.
-            numbered.append(b'%b,"seq":%d}' % (frame[:-1], seq))
-            seq += 1
+        # Every frame is a compact JSON object: the seq goes in before its last brace.
+        numbered = [
+            frame[:-1] + b',"seq":%d}' % seq for seq, frame in enumerate(frames, self.next_seq)
+        ]
+        self.next_seq += len(numbered)
         if self.keep:
             sent = self.sent
-            sent.extend(zip(range(self.next_seq, seq), numbered, strict=True))
-            while len(sent) > self.keep:
-                self.dropped_through = sent.popleft()[0]
-        self.next_seq = seq
+            sent.extend(numbered)
+            self.sent_bytes += sum(map(len, numbered))
+            # Bounded in frames and in bytes: past either, the oldest are given up (a
+            # client that needs them after a drop then joins afresh).
+            while len(sent) > self.keep or self.sent_bytes > KEEP_BYTES:
+                self.sent_bytes -= len(sent.popleft())
+                self.dropped_through = self.sent_from
+                self.sent_from += 1
+        else:
+            self.sent_from = self.next_seq
         return numbered
 
     def acknowledge(self, last_seq: int) -> None:
         """The client has every frame up to ``last_seq``: forget them."""
         sent = self.sent
-        while sent and sent[0][0] <= last_seq:
-            sent.popleft()
+        while sent and self.sent_from <= last_seq:
+            self.sent_bytes -= len(sent.popleft())
+            self.sent_from += 1
 
     def can_replay_after(self, last_seq: int | None) -> bool:
         """Whether every frame after ``last_seq`` is still here to be sent again."""
@@ -129,9 +141,10 @@ class Peer:
         have every frame whose write completed: it gets those whose write failed.
         """
         if last_seq is None:
-            return [frame for seq, frame in self.sent if seq > self.written_through]
+            written = max(0, self.written_through + 1 - self.sent_from)
+            return list(self.sent)[written:]
         self.acknowledge(last_seq)
-        return [frame for _, frame in self.sent]
+        return list(self.sent)
 
     def new_resume_token(self) -> str:
         self.resume_token = secrets.token_urlsafe(32)

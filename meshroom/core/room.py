@@ -22,6 +22,7 @@ the room needs from its owner (the hub) is the small :class:`RoomOwner`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -99,6 +100,11 @@ class RoomOwner(Protocol):
     @property
     def controls(self) -> HostControls: ...
 
+    @property
+    def relay_counts(self) -> collections.Counter[str]:
+        """Signals relayed, by event (read by metrics when scraped)."""
+        ...
+
     async def record_leave(self, leave: Leave) -> None:
         """Hand a leave to the leave writer (waits while the database is healthy)."""
         ...
@@ -121,6 +127,7 @@ class Room:
         self._close_requested = trio.Event()
         self.done = trio.Event()
         self._relay_count = 0
+        self._relay_counts = owner.relay_counts
         self._handlers: dict[str, Handler] = {
             "presence:update": Room._on_presence,
             "peer:leave": Room._on_leave,
@@ -563,6 +570,7 @@ class Room:
             )
         key = SIGNAL_PAYLOADS[request.event]
         self.send(target, encode_event(request.event, {"fromEmpId": peer.emp_id, key: data[key]}))
+        self._relay_counts[request.event] += 1
         if self.events.wants(SignalRelayed):
             self.events.emit(SignalRelayed(self.id, request.event, peer.emp_id, target.emp_id))
         self._relay_count += 1

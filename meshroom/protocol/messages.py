@@ -236,9 +236,7 @@ def _dumps(obj: Any) -> bytes:
         return _fallback_dumps(obj).encode()
 
 
-def encode_event(
-    event: str, data: Mapping[str, Any], request_id: RequestId | None = None
-) -> bytes:
+def encode_event(event: str, data: Mapping[str, Any], request_id: RequestId | None = None) -> bytes:
     """Serialise one server frame as UTF-8 JSON text."""
     if request_id is None:
         return _dumps({"event": event, "data": data})
