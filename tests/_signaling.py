@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import trio
+from _servers import server_settings as server_settings
+from _servers import start_server as start_server
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from meshroom.client import Event, MeshroomError, Peer, connect
-
-
-def _load_conftest() -> Any:
-    # By path: with other conftest.py files in subdirectories, "import conftest" may
-    # find one of those instead, depending on which pytest imported first.
-    name = "_meshroom_tests_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_conftest = _load_conftest()
-#: Settings for a server on loopback with overrides, and a starter (see tests/conftest.py).
-server_settings = _conftest.server_settings
-start_server = _conftest.start_server
 
 # Every networked test body runs under this deadline, so a bug fails instead of hanging.
 DEADLINE = 10

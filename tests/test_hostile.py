@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.lowlevel
 from _rawws import RawClient, raw_client
+from _servers import RunningServer, server_settings, start_server
 from _signaling import ping
-from conftest import RunningServer, server_settings, start_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.events import CloseConnection, TextMessage

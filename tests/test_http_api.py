@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import API_KEY, RunningServer, server_settings, start_server
+from _servers import API_KEY, RunningServer, server_settings, start_server
 
 from meshroom import Role
 from meshroom.auth import verify_token

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import API_KEY, RunningServer, server_settings, start_server
+from _servers import API_KEY, RunningServer, server_settings, start_server
 from prometheus_client.parser import text_string_to_metric_families
 
 import meshroom.http.ops

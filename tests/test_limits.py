@@ -20,7 +20,7 @@ from _memhub import (
     real_time_watchdog_fixture,  # noqa: F401  (the real_time_watchdog fixture)
 )
 from _rawws import Refused, raw_client
-from conftest import server_settings, start_server
+from _servers import server_settings, start_server
 from wsproto.utilities import RemoteProtocolError
 
 from meshroom import Role

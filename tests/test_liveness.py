@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 from _rawws import RawClient, handshake, raw_client
+from _servers import server_settings, start_server
 from _signaling import ping
-from conftest import server_settings, start_server
 from wsproto.events import CloseConnection, Ping
 
 from meshroom import Role

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from conftest import API_KEY, RunningServer, server_settings, start_server
+from _servers import API_KEY, RunningServer, server_settings, start_server
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from meshroom import Role, Settings

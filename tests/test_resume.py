@@ -20,8 +20,8 @@ from _memhub import (
     real_time_watchdog_fixture,  # noqa: F401  (the real_time_watchdog fixture)
 )
 from _rawws import raw_client
+from _servers import server_settings, start_server
 from _signaling import ping
-from conftest import server_settings, start_server
 
 from meshroom import Role
 from meshroom.client import connect

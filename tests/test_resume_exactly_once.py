@@ -183,7 +183,7 @@ async def test_a_resume_does_not_wait_for_a_silent_connection_to_close(
 
 async def test_exactly_once_over_the_wire_with_the_python_client(tmp_path):
     from _rawws import raw_client
-    from conftest import server_settings, start_server
+    from _servers import server_settings, start_server
 
     from meshroom.client import connect
     from meshroom.core.events import PeerDetached

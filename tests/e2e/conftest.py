@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import pytest
 import trio
-from conftest import RunningServer, server_settings, start_server
+from _servers import RunningServer, server_settings, start_server
 
 from .rtc import AsyncioThread
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunningServer, server_settings
+from _servers import RunningServer, server_settings
 
 from meshroom import Server, Settings
 

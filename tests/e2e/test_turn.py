@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunningServer
+from _servers import RunningServer
 
 from meshroom import Role
 from meshroom.ice import turn_credentials

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import RunningServer, server_settings
+from _servers import RunningServer, server_settings
 
 from meshroom import Role
 from meshroom.auth import verify_token

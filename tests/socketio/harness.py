@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunningServer, server_settings, start_server
+from _servers import RunningServer, server_settings, start_server
 
 from meshroom.transports.socketio import SOCKETIO_PATH, SocketIOEndpoint, endpoint_for
 from meshroom.transports.websocket import Upgrade, WebSocketConnection, serve_websocket

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import engineio.packet as eio_oracle
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshroom.protocol import engineio, socketio
@@ -111,6 +111,7 @@ def test_socketio_decode_fails_only_with_its_protocol_error(text: str) -> None:
 
 
 @given(st.lists(st.text(max_size=20).filter(lambda t: engineio.SEPARATOR not in t), min_size=1))
+@example(["NaN"])  # found by hypothesis: the oracle's float NaN never equals itself
 def test_engineio_payload_roundtrip_and_oracle(messages: list[str]) -> None:
     packets = [engineio.Packet(engineio.PacketType.MESSAGE, m) for m in messages]
     body = engineio.encode_payload(packets)
@@ -122,7 +123,8 @@ def test_engineio_payload_roundtrip_and_oracle(messages: list[str]) -> None:
         if isinstance(oracle.data, str):
             assert oracle.data == message
         else:
-            assert oracle.data == json.loads(message)
+            # Compared as JSON text: "NaN" parses to a float that equals nothing, itself included.
+            assert json.dumps(oracle.data) == json.dumps(json.loads(message))
 
 
 @given(st.binary(max_size=64))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import server_settings
+from _servers import server_settings
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
