@@ -479,3 +479,18 @@ async def test_docs_page_is_served(http):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "/openapi.json" in response.text
+
+
+async def test_the_docs_page_needs_no_internet(http):
+    """/docs loads Swagger UI from meshroom itself, not a CDN (air-gapped hosts)."""
+    page = await http.get("/docs")
+    assert page.status_code == 200
+    scripts_and_styles = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert scripts_and_styles, page.text
+    assert all(url.startswith("/docs/assets/") for url in scripts_and_styles), scripts_and_styles
+    for url in scripts_and_styles:
+        asset = await http.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 10_000, url
+    assert (await http.get("/docs/assets/index.html")).status_code == 404  # only those two
+    document = (await http.get("/openapi.json")).json()
+    assert not any(path.startswith("/docs") for path in document["paths"])

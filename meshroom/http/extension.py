@@ -29,6 +29,7 @@ from ..runtime import Runtime, open_runtime
 from ..service import MeetingService
 from ..store import Store
 from .api import api
+from .docs import asset_urls, docs_assets
 from .ops import ops
 from .signaling import signaling
 from .socketio import socketio_blueprint
@@ -107,6 +108,9 @@ class Meshroom:
         self.api_keys = self.settings.api_key_list()
         app.extensions[EXTENSION_KEY] = self
         if "QUART_SCHEMA" not in app.extensions:
+            # Swagger UI from meshroom's own files, unless the app chose others.
+            for key, url in asset_urls(self.url_prefix).items():
+                app.config.setdefault(key, url)
             QuartSchema(
                 app,
                 openapi_path=f"{self.url_prefix}/openapi.json",
@@ -128,6 +132,7 @@ class Meshroom:
         app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
         app.register_blueprint(socketio_blueprint, url_prefix=self.url_prefix or None)
         app.register_blueprint(web, url_prefix=self.url_prefix or None)
+        app.register_blueprint(docs_assets, url_prefix=self.url_prefix or None)
         if self._owns_runtime:
             app.before_serving(self._start)
             app.after_serving(self._stop)

@@ -516,3 +516,43 @@ async def test_two_pages_resolve_glare_rejoin_after_a_server_restart_and_end(
     refused = re.compile(r"console: WebSocket connection to .* failed: .*ERR_CONNECTION_REFUSED")
     assert [e for e in report["errors"] if not refused.search(e)] == []
     assert report["glare"] == "resolved" and report["rejoined"]
+
+
+def _docs_offline(chromium: str, base_url: str, artifacts: Path) -> dict[str, Any]:
+    """Open /docs with every request off this host refused; what the page shows."""
+    from playwright.sync_api import expect, sync_playwright
+
+    refused: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_FLAGS, timeout=TIMEOUT * 1000
+        )
+        try:
+            page = browser.new_context().new_page()
+            page.set_default_timeout(TIMEOUT * 1000)
+
+            def offline(route: Any) -> None:
+                if route.request.url.startswith(base_url):
+                    route.continue_()
+                else:  # as on an air-gapped host
+                    refused.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
+            page.goto(f"{base_url}/docs")
+            title = page.locator(".swagger-ui .info .title")
+            expect(title).to_contain_text("meshroom")
+            expect(page.locator(".opblock").first).to_be_visible()
+            page.screenshot(path=str(artifacts / "docs-offline.png"))
+            return {"title": title.inner_text(), "refused": refused}
+        finally:
+            browser.close()
+
+
+async def test_the_api_docs_render_without_internet(e2e_server, chromium_path, artifacts_dir):
+    with trio.fail_after(TIMEOUT * 3):
+        shown = await trio.to_thread.run_sync(
+            _docs_offline, chromium_path, e2e_server.http_url, artifacts_dir
+        )
+    assert "meshroom" in shown["title"]
+    assert shown["refused"] == []  # it did not even try to reach the internet
