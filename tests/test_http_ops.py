@@ -494,3 +494,11 @@ async def test_the_docs_page_needs_no_internet(http):
     assert (await http.get("/docs/assets/index.html")).status_code == 404  # only those two
     document = (await http.get("/openapi.json")).json()
     assert not any(path.startswith("/docs") for path in document["paths"])
+
+
+async def test_the_js_client_and_its_types_are_served(http):
+    module = await http.get("/meshroom.js")
+    types = await http.get("/meshroom.d.ts")
+    assert module.status_code == types.status_code == 200
+    assert "export declare class MeshroomClient" in types.text
+    assert "export class MeshroomClient" in module.text

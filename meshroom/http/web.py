@@ -102,6 +102,15 @@ async def client_js() -> Response:
     return response
 
 
+@web.get("/meshroom.d.ts")
+@hide
+async def client_types() -> Response:
+    """meshroom.js's TypeScript declarations, to copy next to the module in an app."""
+    response = await _static("meshroom.d.ts", "application/typescript; charset=utf-8")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
 @hide
 async def index() -> Response:
     return await _static("index.html", "text/html; charset=utf-8")
