@@ -3,6 +3,10 @@
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1:2] == ["compare"]:
+        from bench.compare import main as compare
+
+        sys.exit(compare(sys.argv[2:]))
     from bench.cli import main
 
     sys.exit(main())

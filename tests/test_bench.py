@@ -127,3 +127,29 @@ def test_teardown(tmp_path: Path) -> None:
     assert row["rows_by_reason"] == {"meeting-ended": 6}
     assert row["rows_written_s"] > 0
     assert 0 < row["all_closed_s"] < 30
+
+
+def test_compare_runs_the_tree_and_a_revision_and_prints_their_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "compare", "HEAD", "--scenarios", "relay",
+         "--rounds", "1", "--duration", "1", "--timeout", "60", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    relay = report["scenarios"]["relay"]
+    for side in ("tree", "rev"):
+        assert relay[side]["headline"] > 0 and relay[side]["to_naive"] > 0
+    assert "tree/rev" in proc.stdout
+
+
+def test_compare_refuses_an_unknown_revision_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "compare", "no-such-revision-xyz"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "bench compare: 'no-such-revision-xyz' is not a revision of this repository"
+    ]
