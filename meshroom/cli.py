@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(run=cmd_meeting_create)
     for action, helptext in (
         ("start", "make a SCHEDULED meeting LIVE"),
-        ("end", "mark a meeting ENDED"),
+        ("end", "mark a meeting ENDED (a running server closes its room within 5 s)"),
         ("show", "print a meeting"),
     ):
         sub = meeting_commands.add_parser(action, help=helptext)

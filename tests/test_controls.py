@@ -23,6 +23,7 @@ from meshroom.core.events import (
     RoleChanged,
 )
 from meshroom.protocol import LeaveReason
+from meshroom.store import MeetingStatus
 
 BLOCK = 60.0
 CONFIG = HubConfig(close_timeout=1.0, kick_rejoin_block=BLOCK)
@@ -158,3 +159,26 @@ async def test_the_core_reports_joins_removals_roles_and_the_end_in_order(
             [(kind, emp, LeaveReason.MEETING_ENDED) for emp in ("alice", "carol")
              for kind in ("PeerLeft", "PeerFinished")]
         )
+
+
+async def test_a_meeting_ended_elsewhere_closes_its_room_within_the_check_interval(
+    mock_clock, real_time_watchdog
+):
+    """`meshroom meeting end` from a shell writes only the database; the server notices."""
+    config = HubConfig(close_timeout=1.0, ended_check_interval=5.0)
+    async with memory_hub(config) as h:
+        meeting = await h.meeting()
+        alice = await _joined(h, meeting, "alice", Role.HOST)
+        bob = await _joined(h, meeting, "bob")
+        await h.store.transition(meeting.id, MeetingStatus.ENDED)  # another process did it
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.room(meeting) is not None  # not yet: the next check finds it
+        mock_clock.jump(5.0)
+        for conn in (alice, bob):
+            ended = await conn.wait_for("meeting:ended")
+            assert ended["data"] == {"by": None}
+            await conn.closed.wait()
+            assert conn.close_code == 4006
+        assert h.room(meeting) is None
+        _, refused = await h.join(meeting, "carol")
+        assert refused["data"]["code"] == "MEETING_ENDED"

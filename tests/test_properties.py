@@ -314,7 +314,7 @@ async def _scenario(batches_: list[list[Op]], resume_grace: float = 0) -> list[s
 
             # No task or channel outlives its room.
             kept = hub.bookkeeping()
-            if len(kept.tasks) != 2:  # the leave writer and the heartbeats
+            if len(kept.tasks) != 3:  # the leave writer, the heartbeats, the ended-meeting watch
                 w.fail(f"tasks left in the hub: {kept.tasks}")
             for peer in peers:
                 if not peer.finished.is_set():

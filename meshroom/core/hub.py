@@ -34,6 +34,7 @@ from ..protocol import (
 from ..store.base import (
     Admission,
     EmployeeBanned,
+    InvalidTransition,
     Leave,
     Meeting,
     MeetingNotFound,
@@ -162,6 +163,8 @@ class Hub:
                     ),
                     name="attendance heartbeats",
                 )
+                if self._config.ended_check_interval > 0:
+                    nursery.start_soon(self._watch_for_meetings_ended_elsewhere)
                 task_status.started(self)
                 await trio.sleep_forever()
         finally:
@@ -202,6 +205,29 @@ class Hub:
                 nursery.start_soon(room.close_all, make_exit)
         for room in rooms:
             await room.done.wait()
+
+    async def _watch_for_meetings_ended_elsewhere(self) -> None:
+        """Close live rooms whose meeting is ENDED in the database (``meshroom meeting end``
+        from a shell, or another process): their peers get ``meeting:ended`` and 4006."""
+        failing = False
+        while True:
+            await trio.sleep(self._config.ended_check_interval)
+            live = [meeting_id for meeting_id, room in self.rooms.items() if not room.ending]
+            if not live:
+                continue
+            try:
+                ended = await self.store.ended_among(live)
+            except Exception as exc:
+                if not failing:
+                    log.warning("could not check for meetings ended elsewhere: %s", exc)
+                failing = True
+                continue
+            failing = False
+            for meeting_id in ended:
+                if meeting_id in self.rooms:
+                    log.info("meeting %s was ended elsewhere: closing its room", meeting_id)
+                    with suppress(MeetingNotFound, InvalidTransition, StoreUnavailable):
+                        await self._controls.end_meeting(meeting_id, by=None)
 
     def bookkeeping(self) -> Bookkeeping:
         tasks = tuple(t.name for t in self._nursery.child_tasks) if self._nursery else ()

@@ -36,6 +36,9 @@ class HubConfig:
     # Seconds a kicked employee is refused (KICKED, 4005) before it may join again. Off
     # (0) in the core's defaults; ``meshroom serve`` sets it (Settings.kick_rejoin_block).
     kick_rejoin_block: float = 0.0
+    # Seconds between checks for live rooms whose meeting was ended elsewhere (the CLI,
+    # another process): such a room is then closed as by host:end. 0 = never check.
+    ended_check_interval: float = 5.0
 
 
 class JoinRefused(Exception):

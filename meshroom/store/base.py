@@ -140,6 +140,10 @@ class Store(Protocol):
         """SCHEDULED -> LIVE -> ENDED. Raises MeetingNotFound or InvalidTransition."""
         ...
 
+    async def ended_among(self, meeting_ids: Sequence[str]) -> set[str]:
+        """Which of these meetings are ENDED (one query; ended by anyone, anywhere)."""
+        ...
+
     # Joining and leaving
     async def admit(
         self, *, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime

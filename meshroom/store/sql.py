@@ -240,6 +240,25 @@ class SqlStore:
     ) -> tuple[list[Meeting], int]:
         return await self._run(self._list_meetings, status, limit, offset)
 
+    async def ended_among(self, meeting_ids: Sequence[str]) -> set[str]:
+        if not meeting_ids:
+            return set()
+        return await self._run(self._ended_among, list(meeting_ids))
+
+    def _ended_among(self, ids: list[str]) -> set[str]:
+        ended: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                ended.update(
+                    conn.execute(
+                        sa.select(meetings.c.id).where(
+                            meetings.c.id.in_(ids[start : start + _CHUNK])
+                            & (meetings.c.status == MeetingStatus.ENDED.value)
+                        )
+                    ).scalars()
+                )
+        return ended
+
     def _list_meetings(
         self, status: MeetingStatus | None, limit: int, offset: int
     ) -> tuple[list[Meeting], int]:
