@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -67,7 +68,16 @@ class Packet:
     attachments: int = 0  # binary packets only
 
 
+# The pieces of a native server frame that _splice_event cuts at.
+_FRAME_HEAD: Final = b'{"event":"'
+_FRAME_HEAD_LEN: Final = len(_FRAME_HEAD)
+_FRAME_DATA: Final = b'","data":'
+_FRAME_DATA_LEN: Final = len(_FRAME_DATA)
+_FRAME_SEQ: Final = b',"seq":'
+_FRAME_SEQ_LEN: Final = len(_FRAME_SEQ)
 _NO_PAYLOAD: Final = object()
+# An event name that JSON writes between quotes as it is (no escapes needed).
+_PLAIN_NAME: Final = re.compile(r'[^"\\\x00-\x1f]*')
 _KINDS: Final = tuple(PacketType)  # by value: 0..6
 _BINARY: Final = frozenset({PacketType.BINARY_EVENT, PacketType.BINARY_ACK})
 
@@ -103,6 +113,15 @@ def decode(text: str) -> Packet:
     Raises:
         SocketIOProtocolError: anything socket.io-parser would refuse, and ack ids
             too large to be a native request id.
+    """
+    return decode_at(text)[0]
+
+
+def decode_at(text: str) -> tuple[Packet, int]:
+    """:func:`decode`, and where the JSON payload starts in ``text`` (``len(text)``: none).
+
+    Raises:
+        SocketIOProtocolError: as :func:`decode`.
     """
     if not text:
         raise SocketIOProtocolError("empty packet")
@@ -142,13 +161,14 @@ def decode(text: str) -> Packet:
             raise SocketIOProtocolError("invalid payload") from None
     if not _payload_valid(kind, payload):
         raise SocketIOProtocolError(f"invalid payload for a {kind.name} packet")
-    return Packet(
+    packet = Packet(
         kind,
         namespace,
         None if payload is _NO_PAYLOAD else payload,
         ack_id,
         attachments,
     )
+    return packet, i
 
 
 def _payload_valid(kind: PacketType, payload: Any) -> bool:
@@ -233,14 +253,31 @@ class NamespaceBridge:
 
     # -- client → server ------------------------------------------------------------
 
-    def inbound(self, packet: Packet) -> bytes | None:
+    def inbound(self, packet: Packet, text: str = "", start: int = 0) -> bytes | None:
         """The native request frame for a packet on this namespace; None if it has none.
+
+        ``text`` / ``start``: the packet's text and where its payload starts there
+        (:func:`decode_at`), if known. An event with one argument and a plain name
+        then has that argument's JSON text copied into the native frame as it is,
+        not decoded and encoded again (the core parses the frame anyway).
 
         Raises:
             SocketIOProtocolError: a packet type a client may not send here.
         """
         kind = packet.type
         if kind is PacketType.EVENT:
+            payload = packet.data
+            if text and len(payload) == 2:
+                name = payload[0]
+                if type(name) is str and _PLAIN_NAME.fullmatch(name) is not None:
+                    head = '["' + name + '",'
+                    if text.startswith(head, start) and text[-1] == "]":
+                        raw = text[start + len(head) : -1]
+                        if packet.id is None:
+                            native = f'{{"event":"{name}","data":{raw}}}'
+                        else:
+                            native = f'{{"event":"{name}","id":{packet.id},"data":{raw}}}'
+                        return native.encode()
             name, *args = packet.data
             frame: dict[str, Any] = {"event": name if isinstance(name, str) else str(name)}
             if packet.id is not None:
@@ -270,14 +307,73 @@ class NamespaceBridge:
     # -- server → client ------------------------------------------------------------
 
     def outbound_text(self, frame: bytes) -> list[str]:
-        """:meth:`outbound`, encoded as Engine.IO message texts."""
+        """:meth:`outbound`, encoded as Engine.IO message texts.
+
+        The hot path (a joined namespace, an event without a request id to answer,
+        such as a relayed signal) writes the EVENT text directly, without the
+        intermediate :class:`Packet`; the text is what :func:`encode` would write.
+        """
+        if self.joined:
+            spliced = self._splice_event(frame)
+            if spliced is not None:
+                return [spliced]
+            message = orjson.loads(frame)
+            seq = message.get("seq")
+            self.frame_seq = seq if type(seq) is int else None
+            event = message["event"]
+            if event != "room:resumed" and (
+                (event != "ack" and event != "error") or not _is_ack_id(message.get("id"))
+            ):
+                body = _dumps([event, message.get("data", {})]).decode()
+                namespace = self.namespace
+                if namespace == DEFAULT_NAMESPACE:
+                    return ["2" + body]
+                return [f"2{namespace},{body}"]
+            return [encode(packet) for packet in self._outbound_message(message)]
         return [encode(packet) for packet in self.outbound(frame)]
+
+    def _splice_event(self, frame: bytes) -> str | None:
+        """The EVENT text for a plain native event frame, its JSON copied, not re-encoded.
+
+        Native server frames are compact JSON written by ``encode_event``:
+        ``{"event":"<name>","data":<data>}`` or, with a request id,
+        ``{"event":…,"id":…,"data":…}``; the core stamps ``,"seq":<n>`` before the
+        last brace of each frame it writes. A frame of the first form with a name
+        that needs no escapes becomes ``2<namespace>,["<name>",<data>]`` by cutting
+        and joining text. Anything else (a request id: an ack; ``room:resumed``,
+        which carries the resume token) returns None and is decoded.
+        """
+        if not frame.startswith(_FRAME_HEAD):
+            return None
+        end = frame.find(b'"', _FRAME_HEAD_LEN)
+        if end < 0 or not frame.startswith(_FRAME_DATA, end):
+            return None
+        name = frame[_FRAME_HEAD_LEN:end]
+        if b"\\" in name or name == b"room:resumed":
+            return None
+        seq_at = frame.rfind(_FRAME_SEQ)
+        digits = frame[seq_at + _FRAME_SEQ_LEN : -1] if seq_at > 0 else b""
+        if digits.isdigit():
+            self.frame_seq = int(digits)
+            data_end = seq_at
+        else:
+            self.frame_seq = None
+            data_end = len(frame) - 1
+        data = frame[end + _FRAME_DATA_LEN : data_end]
+        namespace = self.namespace
+        text = b'["' + name + b'",' + data + b"]"
+        if namespace == DEFAULT_NAMESPACE:
+            return "2" + text.decode()
+        return f"2{namespace},{text.decode()}"
 
     def outbound(self, frame: bytes) -> list[Packet]:
         """The Socket.IO packets for one native frame (JSON text from the core)."""
         message = orjson.loads(frame)
         seq = message.get("seq")
         self.frame_seq = seq if type(seq) is int else None
+        return self._outbound_message(message)
+
+    def _outbound_message(self, message: dict[str, Any]) -> list[Packet]:
         event: str = message["event"]
         data = message.get("data", {})
         request_id = message.get("id")
@@ -303,7 +399,7 @@ class NamespaceBridge:
         return self._as_event(event, data, request_id)
 
     def _as_event(self, event: str, data: Any, request_id: Any) -> list[Packet]:
-        if event in ("ack", "error") and isinstance(request_id, int) and request_id >= 0:
+        if event in ("ack", "error") and _is_ack_id(request_id):
             # The reply to an emit with a callback: the callback gets the ack's data,
             # or the error object (which, unlike any ack payload, has a "code").
             return [Packet(PacketType.ACK, self.namespace, [data], request_id)]
@@ -326,6 +422,10 @@ class NamespaceBridge:
                 return [], Ending.KEEP_TRANSPORT
             return [Packet(PacketType.DISCONNECT, self.namespace)], Ending.KEEP_TRANSPORT
         return [], Ending.CLOSE_TRANSPORT
+
+
+def _is_ack_id(request_id: Any) -> bool:
+    return isinstance(request_id, int) and request_id >= 0
 
 
 def _code_for_close(code: int) -> str:

@@ -122,6 +122,7 @@ class _Session:
         # backpressure), "in" for the native connection's inbound queue.
         self._changed = trio.Event()
         self._changed_in = trio.Event()
+        self._waiting_in = False  # someone waits on _changed_in
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.conn: SocketIOConnection | None = None
@@ -143,10 +144,14 @@ class _Session:
         await self._changed.wait()
 
     def notify_in(self) -> None:
-        self._changed_in.set()
-        self._changed_in = trio.Event()
+        # Once per frame each way on the hot path: a new Event only if someone waits.
+        if self._waiting_in:
+            self._waiting_in = False
+            self._changed_in.set()
+            self._changed_in = trio.Event()
 
     async def wait_in(self) -> None:
+        self._waiting_in = True
         await self._changed_in.wait()
 
     def notify_all(self) -> None:
@@ -223,10 +228,10 @@ class _Session:
         if self.swallow_attachments:
             raise SessionError(ErrorCode.BAD_REQUEST, "text where a binary attachment was due")
         try:
-            packet_sio = socketio.decode(message)
+            packet_sio, start = socketio.decode_at(message)
         except SocketIOProtocolError as exc:
             raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
-        await self._dispatch(packet_sio)
+        await self._dispatch(packet_sio, message, start)
 
     async def _binary(self, packet: socketio.Packet | None) -> None:
         conn = self.conn
@@ -239,7 +244,7 @@ class _Session:
             raise SessionError(ErrorCode.BAD_REQUEST, "binary packet outside a connected namespace")
         self.push(conn.bridge.binary_refusal(packet))
 
-    async def _dispatch(self, packet: socketio.Packet) -> None:
+    async def _dispatch(self, packet: socketio.Packet, text: str = "", start: int = 0) -> None:
         kind = packet.type
         conn = self.conn
         if kind is socketio.PacketType.CONNECT:
@@ -259,7 +264,7 @@ class _Session:
             await self._binary(packet)
             return
         try:
-            frame = conn.bridge.inbound(packet)
+            frame = conn.bridge.inbound(packet, text, start)
         except SocketIOProtocolError as exc:
             raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
         if frame is not None:

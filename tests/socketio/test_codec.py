@@ -307,3 +307,53 @@ def test_bridge_ignores_other_top_level_keys() -> None:
     bridge.outbound(b'{"event":"room:joined","data":{},"seq":1}')
     [event] = bridge.outbound(b'{"event":"peer:joined","data":{"empId":"a"},"seq":7}')
     assert socketio.encode(event) == '2/meetings,["peer:joined",{"empId":"a"}]'
+
+
+# -- the bridge's fast paths agree with its decoding paths -------------------------------
+
+
+def _numbered(frame: bytes, seq: int | None) -> bytes:
+    # As the core's Peer stamps each frame it writes (meshroom.core.peer).
+    return frame if seq is None else frame[:-1] + b',"seq":%d}' % seq
+
+
+@given(
+    event_names | st.sampled_from(["ack", "error", "room:resumed", 'a"b', "a\\b"]),
+    json_objects,
+    st.none() | st.integers(0, 2**31) | st.text(max_size=8),
+    st.none() | st.integers(1, 2**40),
+)
+def test_bridge_outbound_text_splices_as_it_decodes(
+    name: str, data: dict[str, Any], request_id: int | str | None, seq: int | None
+) -> None:
+    from meshroom.protocol.messages import encode_event
+
+    frame = _numbered(encode_event(name, data, request_id), seq)
+    fast = NamespaceBridge("/meetings", "sid", joined=True)
+    slow = NamespaceBridge("/meetings", "sid", joined=True)
+    texts = fast.outbound_text(frame)
+    packets = slow.outbound(frame)
+    assert [socketio.decode(text) for text in texts] == packets
+    assert fast.frame_seq == slow.frame_seq == seq
+    assert fast.resume_token == slow.resume_token
+
+
+@given(
+    event_names | st.sampled_from(['a"b', "a\\b", "\x01"]),
+    st.lists(json_values, max_size=3),
+    ack_ids,
+    st.sampled_from(["", " "]),
+)
+def test_bridge_inbound_copies_the_argument_as_it_decodes(
+    name: str, args: list[Any], ack: int | None, space: str
+) -> None:
+    # As a client may write it, whitespace around the arguments included.
+    items = [json.dumps(name, ensure_ascii=False)]
+    items += [space + json.dumps(arg, ensure_ascii=False) + space for arg in args]
+    text = f"2/meetings,{'' if ack is None else ack}[{','.join(items)}]"
+    decoded, start = socketio.decode_at(text)
+    bridge = NamespaceBridge("/meetings", "sid")
+    fast = bridge.inbound(decoded, text, start)
+    slow = bridge.inbound(decoded)
+    assert fast is not None and slow is not None
+    assert json.loads(fast) == json.loads(slow)
