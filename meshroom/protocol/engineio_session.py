@@ -117,6 +117,10 @@ class EngineSession:
         self._tags.append(tag)
         self.outbox_bytes += len(packet.data) + 1
 
+    def took(self, tag: int | None) -> None:
+        """Messages tagged up to ``tag`` went to the transport without the outbox."""
+        self._taken(tag)
+
     def _taken(self, tag: int | None) -> None:
         if tag is not None and (self.taken_tag is None or tag > self.taken_tag):
             self.taken_tag = tag

@@ -194,6 +194,38 @@ class _Session:
                     state.taken_tag = sent_before
                     raise
 
+    async def send_websocket(
+        self, ws: Connection, bridge: NamespaceBridge, frames: Sequence[bytes]
+    ) -> None:
+        """Translate native frames and write them to the WebSocket (the outbox is empty).
+
+        As :meth:`flush_websocket` would after queueing them, minus the queue: the
+        frames' seqs count as taken once handed to the WebSocket, and not if it fails.
+
+        Raises:
+            ConnectionClosed: the WebSocket is gone (the session is terminated).
+        """
+        out: list[bytes] = []
+        last: int | None = None
+        for frame in frames:
+            for text in bridge.outbound_text(frame):
+                out.append(b"4" + text.encode())
+            if bridge.frame_seq is not None:
+                last = bridge.frame_seq
+        if not out:
+            return
+        state = self.state
+        async with self._ws_lock:
+            sent_before = state.taken_tag
+            state.took(last)
+            try:
+                await ws.send(out)
+            except ConnectionClosed:
+                # Not written: they do not count as sent (a resume replays them).
+                state.taken_tag = sent_before
+                self.terminate("WebSocket closed")
+                raise ConnectionClosed(1006) from None
+
     def terminate(self, reason: str, *, timed_out: bool = False) -> None:
         """End the session (idempotent); the namespace's native connection sees the drop."""
         if self.state.closed and self.done.is_set():
@@ -232,6 +264,23 @@ class _Session:
         except SocketIOProtocolError as exc:
             raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
         await self._dispatch(packet_sio, message, start)
+
+    async def _event(self, conn: SocketIOConnection, message: str) -> None:
+        """An EVENT's text (``2…``) while ``conn`` is the connected namespace.
+
+        Raises:
+            SessionError: as :meth:`feed`.
+        """
+        try:
+            packet, start = socketio.decode_at(message)
+        except SocketIOProtocolError as exc:
+            raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
+        if packet.namespace != NAMESPACE:
+            await self._dispatch(packet, message, start)
+            return
+        frame = conn.bridge.inbound(packet, message, start)
+        if frame is not None:
+            await conn.deliver(frame)
 
     async def _binary(self, packet: socketio.Packet | None) -> None:
         conn = self.conn
@@ -454,7 +503,19 @@ class _Session:
                 self.terminate("WebSocket closed")
                 return 1000, ""
             try:
-                await self.feed(engineio.decode_packet(data))
+                conn = self.conn
+                if (
+                    conn is not None
+                    and type(data) is str
+                    and data.startswith("42")
+                    and not self.swallow_attachments
+                ):
+                    # The hot path: an EVENT on a connected namespace, as feed() would
+                    # take it (a message proves the client alive), minus the layers.
+                    self.state.heard(0.0)
+                    await self._event(conn, data[1:])
+                else:
+                    await self.feed(engineio.decode_packet(data))
             except (EngineIOProtocolError, SessionError) as exc:
                 log.info("socket.io protocol error from %s: %s", self.remote, exc)
                 self.terminate(f"protocol error: {exc}")
@@ -541,6 +602,18 @@ class SocketIOConnection:
             raise ConnectionClosed(1006)
         session = self._session
         bridge = self.bridge
+        state = session.state
+        ws = session.ws
+        if (
+            ws is not None
+            and not state.has_output
+            and not state.closed
+            and state.transport is Transport.WEBSOCKET
+        ):
+            # The hot path: nothing queued before these frames, so they go out as
+            # they are translated, without passing through the session's outbox.
+            await session.send_websocket(ws, bridge, frames)
+            return
         for frame in frames:
             # Each frame's packets carry its seq, so the session knows how far the
             # client has been sent its frames (the lastSeq of a resume).
