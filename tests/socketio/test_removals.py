@@ -16,7 +16,34 @@ import pytest
 from meshroom import Role
 
 from .conftest import CLIENTS
-from .harness import SERVER_DISCONNECT, TRANSPORT_ENDED, driver, socketio_server, state
+from .harness import (
+    SERVER_DISCONNECT,
+    TRANSPORT_ENDED,
+    Driver,
+    driver,
+    socketio_server,
+    state,
+)
+
+
+async def host_and_bob(
+    sio: Any, stack: AsyncExitStack, kind: str, transports: Any
+) -> tuple[Any, Driver, Driver, str]:
+    """A meeting with alice (HOST) and bob joined over Socket.IO; and bob's token."""
+    meeting = await sio.native.meeting(host="alice")
+    alice = await stack.enter_async_context(driver(kind))
+    bob = await stack.enter_async_context(driver(kind))
+    await alice.join(sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports)
+    token = sio.native.token(meeting, "bob")
+    await bob.join(sio.url, token, transports=transports)
+    return meeting, alice, bob, token
+
+
+async def connect_error(sio: Any, kind: str, token: str, transports: Any) -> Any:
+    """What a fresh client presenting ``token`` is refused with (connect_error's data)."""
+    async with driver(kind) as again:
+        await again.connect(sio.url, token, transports=transports)
+        return (await again.expect("connect_error"))["data"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -41,13 +68,7 @@ async def test_kick_is_io_server_disconnect_without_reconnect(
 ) -> None:
     kind, transports = client
     async with socketio_server(tmp_path) as sio, AsyncExitStack() as stack:
-        meeting = await sio.native.meeting(host="alice")
-        alice = await stack.enter_async_context(driver(kind))
-        bob = await stack.enter_async_context(driver(kind))
-        await alice.join(
-            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
-        )
-        await bob.join(sio.url, sio.native.token(meeting, "bob"), transports=transports)
+        _, alice, bob, _ = await host_and_bob(sio, stack, kind, transports)
         assert await alice.call("host:kick", {"targetEmpId": "bob"}) == [{"targetEmpId": "bob"}]
         closed = await bob.event("session:closed")
         assert closed["reason"] == "kicked" and closed["by"] == "alice"
@@ -61,22 +82,13 @@ async def test_kick_is_io_server_disconnect_without_reconnect(
 async def test_ban_then_rejoin_is_refused_banned(tmp_path: Path, client: tuple[str, Any]) -> None:
     kind, transports = client
     async with socketio_server(tmp_path) as sio, AsyncExitStack() as stack:
-        meeting = await sio.native.meeting(host="alice")
-        alice = await stack.enter_async_context(driver(kind))
-        bob = await stack.enter_async_context(driver(kind))
-        await alice.join(
-            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
-        )
-        token = sio.native.token(meeting, "bob")
-        await bob.join(sio.url, token, transports=transports)
+        _, alice, bob, token = await host_and_bob(sio, stack, kind, transports)
         [ack] = await alice.call("host:ban", {"targetEmpId": "bob"})
         assert ack["targetEmpId"] == "bob"
         assert (await bob.event("session:closed"))["reason"] == "banned"
         assert (await bob.expect("disconnect"))["reason"] == SERVER_DISCONNECT[kind]
-        async with driver(kind) as again:
-            await again.connect(sio.url, token, transports=transports)
-            error = await again.expect("connect_error")
-            assert error["data"] == {"code": "BANNED", "closeCode": 4004}
+        refused = await connect_error(sio, kind, token, transports)
+        assert refused == {"code": "BANNED", "closeCode": 4004}
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -85,33 +97,18 @@ async def test_kicked_employee_is_refused_for_the_block(
 ) -> None:
     kind, transports = client
     async with socketio_server(tmp_path, kick_rejoin_block=600) as sio, AsyncExitStack() as stack:
-        meeting = await sio.native.meeting(host="alice")
-        alice = await stack.enter_async_context(driver(kind))
-        bob = await stack.enter_async_context(driver(kind))
-        await alice.join(
-            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
-        )
-        token = sio.native.token(meeting, "bob")
-        await bob.join(sio.url, token, transports=transports)
+        _, alice, bob, token = await host_and_bob(sio, stack, kind, transports)
         await alice.call("host:kick", {"targetEmpId": "bob"})
         assert (await bob.expect("disconnect"))["reason"] == SERVER_DISCONNECT[kind]
-        async with driver(kind) as again:
-            await again.connect(sio.url, token, transports=transports)
-            error = await again.expect("connect_error")
-            assert error["data"] == {"code": "KICKED", "closeCode": 4005}
+        refused = await connect_error(sio, kind, token, transports)
+        assert refused == {"code": "KICKED", "closeCode": 4005}
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_meeting_end_disconnects_everyone(tmp_path: Path, client: tuple[str, Any]) -> None:
     kind, transports = client
     async with socketio_server(tmp_path) as sio, AsyncExitStack() as stack:
-        meeting = await sio.native.meeting(host="alice")
-        alice = await stack.enter_async_context(driver(kind))
-        bob = await stack.enter_async_context(driver(kind))
-        await alice.join(
-            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
-        )
-        await bob.join(sio.url, sio.native.token(meeting, "bob"), transports=transports)
+        meeting, alice, bob, _ = await host_and_bob(sio, stack, kind, transports)
         [ack] = await alice.call("host:end", {})
         assert ack == {"meetingId": meeting.id}
         for peer in (alice, bob):
@@ -128,13 +125,7 @@ async def test_meeting_end_disconnects_everyone(tmp_path: Path, client: tuple[st
 async def test_client_disconnect_is_a_leave(tmp_path: Path, client: tuple[str, Any]) -> None:
     kind, transports = client
     async with socketio_server(tmp_path, resume_grace=30.0) as sio, AsyncExitStack() as stack:
-        meeting = await sio.native.meeting(host="alice")
-        alice = await stack.enter_async_context(driver(kind))
-        bob = await stack.enter_async_context(driver(kind))
-        await alice.join(
-            sio.url, sio.native.token(meeting, "alice", Role.HOST), transports=transports
-        )
-        await bob.join(sio.url, sio.native.token(meeting, "bob"), transports=transports)
+        _, alice, bob, _ = await host_and_bob(sio, stack, kind, transports)
         await bob.send("disconnect")
         # socket.disconnect() is leaving on purpose: at once, even with resumes on.
         assert (await alice.event("peer:left")) == {"empId": "bob", "reason": "left"}
