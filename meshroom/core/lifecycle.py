@@ -58,7 +58,7 @@ class Step(enum.Enum):
 
 S, T = PeerState, Step
 TRANSITIONS: Final[dict[PeerState, dict[Step, PeerState]]] = {
-    S.JOINING: {T.ATTACH: S.LIVE, T.REMOVE: S.CLOSING},
+    S.JOINING: {T.ATTACH: S.LIVE},
     S.LIVE: {T.DETACH: S.DETACHED, T.RESUME: S.RESUMING, T.REMOVE: S.CLOSING},
     S.DETACHED: {T.RESUME: S.RESUMING, T.REMOVE: S.CLOSING},
     S.RESUMING: {T.RESUMED: S.LIVE, T.REMOVE: S.CLOSING},
@@ -234,7 +234,7 @@ class Lifecycle:
 
     def remove(self, exit: Exit) -> bool:
         """Take the peer out of its room. False (nothing changes) if it was not a member."""
-        if self.state not in MEMBER_STATES and self.state is not PeerState.JOINING:
+        if self.state not in MEMBER_STATES:
             return False
         self.note(exit)
         self._step(Step.REMOVE)
