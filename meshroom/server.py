@@ -27,7 +27,6 @@ import trio
 from .config import ConfigError, Settings
 from .core import Hub
 from .runtime import Runtime, open_runtime, safe_url
-from .runtime import open_store as open_store  # for meshroom.cli until it imports runtime
 from .transports.frames import hard_message_limit
 from .transports.socketio import SOCKETIO_PATH, endpoint_for
 from .transports.websocket import Heartbeat, Upgrade, WebSocketConnection, serve_websocket

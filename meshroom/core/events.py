@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ class EventBus:
         """Every event of ``kinds`` (all kinds if none are named), as a channel, for a block."""
         send, receive = trio.open_memory_channel[Any](math.inf)
         unsubscribers = [
-            self.on(kind, send.send_nowait) for kind in (kinds or _ALL_KINDS)
+            self.on(kind, send.send_nowait) for kind in (kinds or typing.get_args(CoreEvent))
         ]
         try:
             with receive:
@@ -178,19 +179,3 @@ class EventBus:
                 unsubscribe()
             send.close()
 
-
-_ALL_KINDS: tuple[type, ...] = (
-    RoomOpened,
-    RoomClosed,
-    JoinRejected,
-    PeerJoined,
-    PeerLeft,
-    PeerDetached,
-    PeerResumed,
-    ResumeRefused,
-    PeerFinished,
-    RoleChanged,
-    MeetingEnded,
-    SignalRelayed,
-    RelayLatency,
-)

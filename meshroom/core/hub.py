@@ -134,9 +134,6 @@ class Hub:
     async def record_leave(self, leave: Leave) -> None:
         await self.leaves.record(leave)
 
-    def room_closed(self, room: Room) -> None:
-        self.forget(room)
-
     def room(self, meeting_id: str) -> Room | None:
         return self.rooms.get(meeting_id)
 

@@ -109,8 +109,8 @@ class RoomOwner(Protocol):
         """Hand a leave to the leave writer (waits while the database is healthy)."""
         ...
 
-    def room_closed(self, room: Room) -> None:
-        """The room emptied: forget it, so that the next join opens a fresh one."""
+    def forget(self, room: Room) -> None:
+        """The room emptied (or its meeting ended): the next join opens a fresh one."""
         ...
 
 
@@ -126,7 +126,6 @@ class Room:
         self._nursery: trio.Nursery | None = None
         self._close_requested = trio.Event()
         self.done = trio.Event()
-        self._relay_count = 0
         self._relay_counts = owner.relay_counts
         self._handlers: dict[str, Handler] = {
             "presence:update": Room._on_presence,
@@ -154,7 +153,7 @@ class Room:
     def _close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.owner.room_closed(self)
+            self.owner.forget(self)
 
     def _maybe_close(self) -> None:
         if not self.peers and not self.closed:
@@ -570,11 +569,11 @@ class Room:
             )
         key = SIGNAL_PAYLOADS[request.event]
         self.send(target, encode_event(request.event, {"fromEmpId": peer.emp_id, key: data[key]}))
-        self._relay_counts[request.event] += 1
+        counts = self._relay_counts
+        counts[request.event] += 1
         if self.events.wants(SignalRelayed):
             self.events.emit(SignalRelayed(self.id, request.event, peer.emp_id, target.emp_id))
-        self._relay_count += 1
-        if self._relay_count % LATENCY_SAMPLE_EVERY == 0:
+        if counts[request.event] % LATENCY_SAMPLE_EVERY == 0:
             target.latency_samples.append(trio.current_time())
         if request.id is not None:
             self.send(peer, encode_ack(request.id))
