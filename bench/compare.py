@@ -105,6 +105,12 @@ def side_result(report: dict[str, Any], scenario: str) -> dict[str, float | None
     return {"headline": mine.get(key), "to_naive": ratio}
 
 
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
 def better(scenario: str, a: float | None, b: float | None) -> bool:
     """Whether ``a`` beats ``b`` for this scenario's headline."""
     if a is None:
@@ -159,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(
             scenario,
             f"{key} ({direction} wins)",
-            f"{tree['headline']:,.4g}" if tree["headline"] is not None else "-",
-            f"{rev_['headline']:,.4g}" if rev_["headline"] is not None else "-",
+            _number(tree["headline"]),
+            _number(rev_["headline"]),
             change,
             f"{tree['to_naive']:.2f}" if tree["to_naive"] is not None else "-",
             f"{rev_['to_naive']:.2f}" if rev_["to_naive"] is not None else "-",

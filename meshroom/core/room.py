@@ -275,7 +275,8 @@ class Room:
         peer.removed_at = utcnow()
         if cancel:
             peer.read_scope.cancel()
-        reason = peer.life.exit.reason if peer.life.exit else exit.reason
+        assert peer.life.exit is not None  # the exit in force: this one, or an earlier removal
+        reason = peer.life.exit.reason
         self.events.emit(PeerLeft(self.id, peer.emp_id, reason, peer.attendance_id))
         if not self.ending:
             left = {"empId": peer.emp_id, "reason": reason.value}
