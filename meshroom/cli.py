@@ -52,6 +52,8 @@ _SHARED = (
     "jwt_audience",
     "jwt_issuer",
     "log_level",
+    "redis_url",
+    "redis_prefix",
 )
 
 
@@ -129,12 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(run=cmd_meeting_create)
     for action, helptext in (
         ("start", "make a SCHEDULED meeting LIVE"),
-        ("end", "mark a meeting ENDED (a running server closes its room within 5 s)"),
+        (
+            "end",
+            "mark a meeting ENDED and close its room (with --redis-url at once, on whichever "
+            "node runs it; without, a running server notices within 5 s)",
+        ),
         ("show", "print a meeting"),
     ):
         sub = meeting_commands.add_parser(action, help=helptext)
         sub.add_argument("meeting", metavar="MEETING", help="meeting id or room code")
         sub.set_defaults(run=cmd_meeting_action, action=action)
+    removals = []
+    for action, helptext in (
+        ("kick", "remove a connected employee from a meeting (needs --redis-url)"),
+        ("ban", "ban an employee from a meeting; with --redis-url also removes them at once"),
+        ("unban", "lift a ban (and a kick's rejoin block, with --redis-url)"),
+    ):
+        sub = meeting_commands.add_parser(action, help=helptext)
+        sub.add_argument("meeting", metavar="MEETING", help="meeting id or room code")
+        sub.add_argument("emp", metavar="EMP_ID", help="the employee")
+        if action == "ban":
+            sub.add_argument("--reason", help="why (kept with the ban)")
+        sub.set_defaults(run=cmd_meeting_removal, action=action)
+        removals.append(sub)
     listing = meeting_commands.add_parser("list", help="list meetings, newest first")
     listing.add_argument("--status", choices=[s.value for s in MeetingStatus])
     listing.add_argument("--limit", type=_positive_int, default=50)
@@ -184,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         token,
         listing,
         *(meeting_commands.choices[a] for a in ("start", "end", "show")),
+        *removals,
     ):
         sub.add_argument("--json", action="store_true", help="print JSON")
         _add_settings(sub, _SHARED)
@@ -296,7 +316,15 @@ async def _with_service(
     store = open_store(settings)
     try:
         await store.open()
-        return await work(MeetingService(store, keys))
+        if settings.redis_url is None:
+            return await work(MeetingService(store, keys))
+        from .cluster import ClusterRooms, ClusterUnavailable, open_client
+
+        try:
+            async with open_client(settings.redis_url, settings.redis_prefix) as client:
+                return await work(MeetingService(store, keys, ClusterRooms(client, store)))
+        except ClusterUnavailable as exc:
+            raise CommandError(f"{exc} ({settings.named('redis_url')})") from None
     finally:
         await store.close()
 
@@ -340,9 +368,48 @@ def cmd_meeting_action(args: argparse.Namespace, settings: Settings) -> int:
             meeting = await service.start(args.meeting)
         elif args.action == "end":
             meeting = await service.end(args.meeting, by="cli")
+            if settings.redis_url is None:
+                print(
+                    "note: no running server was told (no --redis-url); "
+                    "one serving this meeting closes its room within 5 s",
+                    file=sys.stderr,
+                )
         else:
             meeting = await service.find(args.meeting)
         _print_meeting(meeting, args.json)
+        return 0
+
+    return _run(settings, work)
+
+
+def cmd_meeting_removal(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "kick" and settings.redis_url is None:
+        raise CommandError(
+            "kick reaches a running server only through the cluster: set --redis-url "
+            "(or the HTTP API: POST /api/meetings/ID/participants/EMP_ID/kick)"
+        )
+
+    async def work(service: MeetingService) -> int:
+        meeting = await service.find(args.meeting)
+        if args.action == "kick":
+            done = await service.kick(meeting.id, args.emp, by="cli")
+            result = {"kicked": done}
+            text = f"kicked {args.emp}" if done else f"{args.emp} is not connected"
+        elif args.action == "ban":
+            await service.ban(meeting.id, args.emp, by="cli", reason=args.reason)
+            result = {"banned": True}
+            text = f"banned {args.emp}"
+            if settings.redis_url is None:
+                text += " (no running server was told: a connected session stays until it leaves)"
+        else:
+            lifted = await service.unban(meeting.id, args.emp)
+            result = {"unbanned": lifted}
+            text = f"unbanned {args.emp}" if lifted else f"{args.emp} was not banned"
+        print(
+            json.dumps({"meetingId": meeting.id, "empId": args.emp, **result})
+            if args.json
+            else text
+        )
         return 0
 
     return _run(settings, work)

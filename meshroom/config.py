@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -39,6 +39,9 @@ from .core.attendance import AttendanceConfig
 from .core.limits import OriginPolicy
 from .ice import DEFAULT_STUN_URLS, IceConfig
 
+if TYPE_CHECKING:
+    from .cluster import ClusterConfig
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MESHROOM_"
@@ -49,7 +52,7 @@ JWT_ALGORITHMS = tuple(sorted(SYMMETRIC_ALGORITHMS)) + tuple(sorted(ASYMMETRIC_A
 # Settings whose value must never be echoed back in an error message (a database URL
 # may hold a password).
 _SECRET_SETTINGS = frozenset(
-    {"api_keys", "secret", "turn_secret", "turn_credential", "database_url"}
+    {"api_keys", "secret", "turn_secret", "turn_credential", "database_url", "redis_url"}
 )
 
 
@@ -292,6 +295,23 @@ class Settings(BaseSettings):
         description="serve the demo meeting page at / and POST /demo/join (creates meetings "
         "without an API key); MESHROOM_DEMO=0 turns it off",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db: run as one node of a cluster sharing this Redis "
+        "(docs/cluster.md); unset = a single process",
+    )
+    node_id: str | None = Field(
+        default=None,
+        description="this node's name in the cluster (unique; default host-pid)",
+    )
+    node_ttl: float = Field(
+        default=2.0,
+        gt=0,
+        description="seconds after a node stops renewing before its rooms go to other nodes",
+    )
+    redis_prefix: str = Field(
+        default="meshroom", description="prefix of every Redis key and channel meshroom uses"
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # How the user gave each setting that came from a variable, so that errors found
@@ -369,6 +389,24 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # `MESHROOM_REDIS_URL=` (set but empty) means no cluster
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise PydanticCustomError(
+                "meshroom_url", "not a Redis URL (redis://host:6379/0, rediss://, unix://)"
+            )
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "|" in value or len(value) > 100):
+            raise PydanticCustomError("meshroom_node_id", "must be 1-100 characters without '|'")
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _long_api_keys(cls, value: str | None) -> str | None:
@@ -406,6 +444,18 @@ class Settings(BaseSettings):
             retry_max=self.leave_retry_max,
             retry_initial=min(0.5, self.leave_retry_max),
             flush_timeout=self.leave_flush_timeout,
+        )
+
+    def cluster_config(self) -> ClusterConfig | None:
+        """The cluster node this process runs as, or None without ``redis_url``."""
+        if self.redis_url is None:
+            return None
+        from .cluster import ClusterConfig, default_node_id
+
+        return ClusterConfig(
+            node_id=self.node_id or default_node_id(),
+            prefix=self.redis_prefix,
+            node_ttl=self.node_ttl,
         )
 
     def journal_path(self) -> str | None:

@@ -83,7 +83,7 @@ class Server:
                 else:
                     self._http_done.set()
                 accepting = trio.CancelScope()
-                await serving.start(self._accept, runtime.hub, listeners, serving, accepting)
+                await serving.start(self._accept, runtime, listeners, serving, accepting)
                 log.info(
                     "meshroom signaling on %s, HTTP API on %s (database %s)",
                     self.url,
@@ -95,7 +95,7 @@ class Server:
                 log.info("shutting down: closing every peer")
                 accepting.cancel()  # stop accepting first
                 with trio.move_on_after(settings.close_timeout + 5):
-                    await runtime.hub.shutdown()
+                    await runtime.shutdown()
                 http_stop.set()
                 with trio.move_on_after(settings.close_timeout):
                     await self._http_done.wait()
@@ -118,7 +118,7 @@ class Server:
 
     async def _accept(
         self,
-        hub: Hub,
+        runtime: Runtime,
         listeners: list[trio.abc.Listener[Any]],
         handlers: trio.Nursery,
         scope: trio.CancelScope,
@@ -132,8 +132,10 @@ class Server:
             else None
         )
 
+        hub, serve = runtime.hub, runtime.serve
+
         async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
-            await hub.serve(
+            await serve(
                 conn,
                 token=upgrade.token,
                 resume_token=upgrade.resume_token,
@@ -142,7 +144,7 @@ class Server:
 
         # Socket.IO clients (/socket.io/) on the same port; their Engine.IO sessions
         # live in the handlers' nursery, so they outlast the accept loop at shutdown.
-        socketio = endpoint_for(settings, hub.serve)
+        socketio = endpoint_for(settings, serve)
         await handlers.start(socketio.run)
         with scope:
             await serve_websocket(

@@ -13,10 +13,9 @@ import datetime as dt
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .auth import TokenKeys, mint_token
-from .core import Hub
 from .roles import Role
 from .roomcode import normalize_room_code
 from .store import (
@@ -49,8 +48,25 @@ class AttendanceTotal:
     present: bool  # a session is still open
 
 
+class LiveRooms(Protocol):
+    """What acts on connected peers: the process's Hub, or a cluster node that reaches the
+    node running each room (:class:`meshroom.cluster.ClusterRooms`)."""
+
+    async def end_meeting(self, meeting_id: str, *, by: str | None) -> Meeting: ...
+
+    async def kick(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool: ...
+
+    async def ban(
+        self, meeting_id: str, emp_id: str, *, by: str | None = None, reason: str | None = None
+    ) -> None: ...
+
+    async def unban(self, meeting_id: str, emp_id: str) -> bool: ...
+
+    async def participants(self, meeting_id: str) -> list[dict[str, Any]]: ...
+
+
 class MeetingService:
-    def __init__(self, store: Store, keys: TokenKeys, hub: Hub | None = None) -> None:
+    def __init__(self, store: Store, keys: TokenKeys, hub: LiveRooms | None = None) -> None:
         self.store = store
         self.keys = keys
         self.hub = hub
@@ -121,8 +137,8 @@ class MeetingService:
         )
         return IssuedToken(token, meeting.id, emp_id, role, now + ttl)
 
-    def live_participants(self, meeting: Meeting) -> list[dict[str, Any]]:
-        return self.hub.live_peers(meeting.id) if self.hub is not None else []
+    async def live_participants(self, meeting: Meeting) -> list[dict[str, Any]]:
+        return await self.hub.participants(meeting.id) if self.hub is not None else []
 
     async def kick(self, ref: str, emp_id: str, *, by: str | None = None) -> bool:
         meeting = await self.find(ref)
@@ -148,7 +164,7 @@ class MeetingService:
         """Lift a ban (with a hub, also a kick's rejoin block); True if there was a ban."""
         meeting = await self.find(ref)
         if self.hub is not None:
-            return await self.hub.controls.unban(meeting.id, emp_id)
+            return await self.hub.unban(meeting.id, emp_id)
         return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id)
 
     async def bans(self, ref: str) -> list[Ban]:

@@ -163,9 +163,7 @@ class EventBus:
                 log.exception("subscriber %r failed on %r", callback, event)
 
     @contextmanager
-    def subscribe(
-        self, *kinds: type
-    ) -> Iterator[trio.MemoryReceiveChannel[Any]]:
+    def subscribe(self, *kinds: type) -> Iterator[trio.MemoryReceiveChannel[Any]]:
         """Every event of ``kinds`` (all kinds if none are named), as a channel, for a block."""
         send, receive = trio.open_memory_channel[Any](math.inf)
         unsubscribers = [
@@ -178,4 +176,3 @@ class EventBus:
             for unsubscribe in unsubscribers:
                 unsubscribe()
             send.close()
-

@@ -51,13 +51,24 @@ from .events import EventBus, JoinRejected, ResumeRefused, RoomClosed, RoomOpene
 from .lifecycle import Exit
 from .limits import ConnectionSlots
 from .locks import KeyedLocks
-from .options import DuplicatePolicy, HubConfig, JoinRefused
+from .options import DuplicatePolicy, HubConfig, JoinRefused, RoomClaims
 from .peer import Peer
 from .room import Room, utcnow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DuplicatePolicy", "Hub", "HubConfig", "JoinRefused"]
+__all__ = ["Authenticated", "DuplicatePolicy", "Hub", "HubConfig", "JoinRefused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A connection that proved who it is; what it asked for comes with it."""
+
+    claims: Claims
+    token: str
+    resume_token: str | None = None
+    last_seq: int | None = None
+    request_id: RequestId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +93,11 @@ class Hub:
         *,
         attendance: AttendanceConfig | None = None,
         journal: AttendanceJournal | None = None,
+        claims: RoomClaims | None = None,
     ) -> None:
         self.store = store
+        # Set by a cluster: a room runs here only while this node holds its lease.
+        self.claims = claims
         self.attendance = attendance or AttendanceConfig()
         self.journal = journal
         # Every leave goes through this one writer (see core/attendance.py).
@@ -245,16 +259,39 @@ class Hub:
         token: str | None = None,
         resume_token: str | None = None,
         last_seq: int | None = None,
+        request_id: RequestId | None = None,
     ) -> None:
         """Run one client connection to the end. Never raises for anything the client does.
 
         ``token`` (and ``resume_token``, ``last_seq``) when the transport took them from
         the URL; otherwise the first frame must be an ``auth`` request carrying them.
         """
-        request_id: RequestId | None = None
+        auth = await self.authenticate(
+            conn,
+            token=token,
+            resume_token=resume_token,
+            last_seq=last_seq,
+            request_id=request_id,
+        )
+        if auth is not None:
+            await self.serve_authenticated(conn, auth)
+
+    async def authenticate(
+        self,
+        conn: Connection,
+        *,
+        token: str | None = None,
+        resume_token: str | None = None,
+        last_seq: int | None = None,
+        request_id: RequestId | None = None,
+    ) -> Authenticated | None:
+        """The connection's verified claims, or None once it has been refused and closed.
+
+        Waits for the ``auth`` frame when the token did not come with the connection.
+        """
         if self.stopping:
             await self._refuse(conn, self._shutting_down(), None)
-            return
+            return None
         if token is None:
             with trio.CancelScope() as waiting:
                 self._unjoined.add(waiting)
@@ -262,14 +299,14 @@ class Hub:
                     token, resume_token, last_seq, request_id = await self._await_auth(conn)
                 except JoinRefused as refusal:
                     await self._refuse(conn, refusal, None)
-                    return
+                    return None
                 except ConnectionClosed:
-                    return
+                    return None
                 finally:
                     self._unjoined.discard(waiting)
             if token is None:  # the server began shutting down first
                 await self._refuse(conn, self._shutting_down(), None)
-                return
+                return None
         try:
             claims = verify_token(self.keys, token)
         except TokenError as exc:
@@ -279,13 +316,25 @@ class Hub:
                 JoinRefused(ErrorCode.AUTH_FAILED, CloseCode.AUTH_FAILED, str(exc)),
                 request_id,
             )
-            return
+            return None
+        return Authenticated(claims, token, resume_token, last_seq, request_id)
+
+    async def serve_authenticated(self, conn: Connection, auth: Authenticated) -> None:
+        """Join the authenticated connection to its room and return when it is done there."""
         try:
-            done = await self._join(claims, conn, request_id, resume_token, last_seq)
+            done = await self._join(
+                auth.claims, conn, auth.request_id, auth.resume_token, auth.last_seq
+            )
         except JoinRefused as refusal:
-            await self._refuse(conn, refusal, request_id)
+            await self._refuse(conn, refusal, auth.request_id)
             return
         await done.wait()
+
+    async def refuse(
+        self, conn: Connection, refusal: JoinRefused, request_id: RequestId | None
+    ) -> None:
+        """Send ``refusal``'s error frame and close the connection with its code."""
+        await self._refuse(conn, refusal, request_id)
 
     def _shutting_down(self) -> JoinRefused:
         return JoinRefused(
@@ -361,6 +410,8 @@ class Hub:
         """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         self._check_may_join(meeting_id, emp_id)
+        if self.claims is not None:
+            await self.claims.claim(meeting_id)
         async with self._employee_locks.hold((meeting_id, emp_id)):
             if self.stopping:
                 raise self._shutting_down()
@@ -499,6 +550,17 @@ class Hub:
                 self._events.emit(RoomOpened(meeting.id))
             return room
 
+    async def evict(self, meeting_id: str, exit: Exit | None = None) -> None:
+        """Close one room as a shutdown would (every peer told to reconnect, 1001), and
+        return once its peers are done. A cluster node does this to a room whose lease it
+        lost or hands over; the meeting itself goes on (elsewhere)."""
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return
+        reconnect_after = self._config.shutdown_reconnect_after
+        await room.close_all(lambda: exit or lifecycle.shutdown(reconnect_after))
+        await room.done.wait()
+
     # Shortcuts to the host controls, for the service layer
 
     async def end_meeting(
@@ -514,6 +576,14 @@ class Hub:
     ) -> None:
         await self._controls.ban(meeting_id, emp_id, by=by, reason=reason)
 
+    async def unban(self, meeting_id: str, emp_id: str) -> bool:
+        return await self._controls.unban(meeting_id, emp_id)
+
     def live_peers(self, meeting_id: str) -> list[dict[str, Any]]:
         room = self.rooms.get(meeting_id)
         return room.describe() if room is not None else []
+
+    async def participants(self, meeting_id: str) -> list[dict[str, Any]]:
+        """:meth:`live_peers`, as the service layer asks every live-room owner (a cluster's
+        is on another node)."""
+        return self.live_peers(meeting_id)

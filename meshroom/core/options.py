@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..ice import IceConfig
 from ..protocol import CloseCode, ErrorCode
@@ -49,3 +50,20 @@ class JoinRefused(Exception):
         self.code = code
         self.close_code = close_code
         self.message = message
+
+
+class RoomClaims(Protocol):
+    """Which process may run a room. Without one, this process runs every room it is asked
+    for; a cluster (meshroom.cluster) grants a room to the one node holding its lease."""
+
+    async def claim(self, meeting_id: str) -> None:
+        """Return once this process may run the room (idempotent while it holds it).
+
+        Raises:
+            JoinRefused: another process runs the room, or ownership cannot be decided now.
+        """
+        ...
+
+    def holds(self, meeting_id: str) -> bool:
+        """Whether this process may run the room at this moment (a local check)."""
+        ...

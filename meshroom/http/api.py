@@ -239,9 +239,10 @@ async def live_participants(ref: str) -> ParticipantList:
     """Peers connected right now, with roles and presence."""
     service = _meshroom().service
     meeting = await service.find(ref)
+    live = await service.live_participants(meeting)
     return ParticipantList(
         meeting_id=meeting.id,
-        participants=[ParticipantOut.model_validate(p) for p in service.live_participants(meeting)],
+        participants=[ParticipantOut.model_validate(p) for p in live],
     )
 
 

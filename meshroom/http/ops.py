@@ -35,10 +35,15 @@ async def healthz() -> Health:
 @validate_response(Health)
 @validate_response(Health, 503)
 async def readyz() -> Health | tuple[Health, int]:
-    """Readiness: the database answers within two seconds."""
+    """Readiness: the database answers within two seconds (and, in a cluster, this node is
+    registered in Redis and not draining)."""
+    meshroom = _meshroom()
+    cluster = meshroom.runtime.cluster
+    if cluster is not None and (problem := cluster.problem) is not None:
+        return Health(status="unavailable", detail=problem), 503
     with trio.move_on_after(READY_TIMEOUT):
         try:
-            await _meshroom().store.ping()
+            await meshroom.store.ping()
         except StoreError as exc:
             return Health(status="unavailable", detail=f"database: {exc}"), 503
         return Health(status="ok")

@@ -98,7 +98,7 @@ async def meetings() -> Response | None:
         )
         await websocket.accept()
         try:
-            await hub.serve(
+            await meshroom.runtime.serve(
                 conn,
                 token=websocket.args.get(TOKEN_QUERY_PARAMETER),
                 resume_token=websocket.args.get(RESUME_QUERY_PARAMETER),

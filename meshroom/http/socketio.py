@@ -48,7 +48,7 @@ async def _start_endpoint() -> None:
     def serve(
         conn: Connection, *, token: str | None = None, resume_token: str | None = None
     ) -> Any:
-        return meshroom.hub.serve(conn, token=token, resume_token=resume_token)
+        return meshroom.runtime.serve(conn, token=token, resume_token=resume_token)
 
     endpoint = endpoint_for(meshroom.settings, serve)
     # The app's nursery owns the sessions, as it owns the hub.

@@ -39,6 +39,9 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_SESSION = "DUPLICATE_SESSION"
     ROOM_FULL = "ROOM_FULL"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    # A cluster node cannot tell now which node runs the meeting (Redis unreachable,
+    # the meeting moving between nodes): reconnect shortly.
+    CLUSTER_UNAVAILABLE = "CLUSTER_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

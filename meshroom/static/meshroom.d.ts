@@ -53,6 +53,7 @@ export declare const ErrorCode: Readonly<{
   DUPLICATE_SESSION: "DUPLICATE_SESSION";
   ROOM_FULL: "ROOM_FULL";
   SHUTTING_DOWN: "SHUTTING_DOWN";
+  CLUSTER_UNAVAILABLE: "CLUSTER_UNAVAILABLE";
   INTERNAL_ERROR: "INTERNAL_ERROR";
 }>;
 /** A server error code, or one of the client's own (NOT_CONNECTED, TIMEOUT). */

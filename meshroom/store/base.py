@@ -165,10 +165,12 @@ class Store(Protocol):
         """Set ``last_seen_at`` of those rows still open, in one statement; how many."""
         ...
 
-    async def recover_open_attendance(self) -> int:
+    async def recover_open_attendance(self, *, stale_before: dt.datetime | None = None) -> int:
         """Close every open row at its last_seen_at (else joined_at), marked as recovered.
 
-        Only for a server starting up, when no peer of its own can be live.
+        Only for a server starting up, when no peer of its own can be live; in a
+        cluster, where other nodes' peers are live, only rows last seen before
+        ``stale_before`` (their node stopped stamping them: it died).
         Returns how many rows were closed.
         """
         ...

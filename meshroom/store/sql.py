@@ -449,15 +449,21 @@ class SqlStore:
                 touched += result.rowcount
         return touched
 
-    async def recover_open_attendance(self) -> int:
-        return await self._run(self._recover_open_attendance)
+    async def recover_open_attendance(self, *, stale_before: dt.datetime | None = None) -> int:
+        return await self._run(self._recover_open_attendance, stale_before)
 
-    def _recover_open_attendance(self) -> int:
+    def _recover_open_attendance(self, stale_before: dt.datetime | None) -> int:
         closed = 0
+        open_rows: sa.ColumnElement[bool] = attendance.c.left_at.is_(None)
+        if stale_before is not None:
+            # Only rows nobody has stamped for a while: in a cluster, the other nodes'
+            # live rows are stamped every heartbeat and must stay open.
+            seen = sa.func.coalesce(attendance.c.last_seen_at, attendance.c.joined_at)
+            open_rows = open_rows & (seen < stale_before)
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(attendance.c.id, attendance.c.joined_at, attendance.c.last_seen_at)
-                .where(attendance.c.left_at.is_(None))
+                .where(open_rows)
                 .order_by(attendance.c.id)
             ).all()
             for row_id, joined_at, last_seen_at in rows:

@@ -1,0 +1,56 @@
+"""Nodes of one cluster in the test's own Trio loop: same Redis, same database, same secret."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+from _redis import RedisServer
+from _servers import RunningServer, server_settings, start_server
+
+from meshroom.cluster import ClusterNode
+
+# Short enough that takeovers happen within a test's patience, long enough for a
+# loaded CI machine to renew in time (renewals go every node_ttl / 4).
+NODE_TTL = 1.0
+# Every step of a cluster test is bounded by this.
+DEADLINE = 20
+
+
+def node_of(server: RunningServer) -> ClusterNode:
+    runtime = server.server.runtime
+    assert runtime is not None and runtime.cluster is not None
+    return runtime.cluster
+
+
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path, redis: RedisServer, count: int, **overrides: Any
+) -> AsyncIterator[list[RunningServer]]:
+    """``count`` nodes; the first one's database is everybody's."""
+    database_url = f"sqlite:///{tmp_path / 'meshroom.db'}"
+    async with trio.open_nursery() as nursery:
+        servers = []
+        for index in range(count):
+            settings = server_settings(
+                tmp_path,
+                database_url=database_url,
+                redis_url=redis.url,
+                node_id=f"node{index}",
+                node_ttl=NODE_TTL,
+                attendance_journal=str(tmp_path / f"node{index}.journal"),
+                **overrides,
+            )
+            servers.append(await start_server(nursery, settings))
+        # A fresh Redis lets rooms be claimed node_ttl after the first node used it.
+        with trio.fail_after(10 * NODE_TTL):
+            while not all(node_of(server).ready for server in servers):
+                await trio.sleep(NODE_TTL / 20)
+        try:
+            yield servers
+        finally:
+            for server in servers:
+                server.server.request_shutdown()
