@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Redis calls that do not answer within this long count as Redis being unreachable.
 REDIS_CALL_TIMEOUT = 2.0
+# Waits between attempts to subscribe again after the subscription's connection broke.
+RESUBSCRIBE_FIRST_DELAY = 0.05
+RESUBSCRIBE_MAX_DELAY = 1.0
 
 Handler = Callable[[dict[str, Any], list[bytes]], None]
 
@@ -157,26 +160,48 @@ class ClusterClient:
     async def listen(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Receive what is published to this client's channel until cancelled."""
-        async with self.redis.pubsub(channels=[self.channel(self.id)]) as subscription:
-            task_status.started()
-            async for message in subscription:
-                if message["type"] != "message":
-                    continue
-                data = message["data"]
-                if not isinstance(data, bytes):
-                    continue
-                try:
-                    header, payloads = unpack(data)
-                except WireError as exc:
-                    log.warning("dropped an envelope that does not parse: %s", exc)
-                    continue
-                if header["k"] == "reply":
-                    waiting = self._calls.get(str(header.get("id")))
-                    if waiting is not None:
-                        waiting.send_nowait(header)
-                elif self.handler is not None:
-                    self.handler(header, payloads)
+        """Receive what is published to this client's channel until cancelled.
+
+        A subscription lost with its connection (Redis restarted, say) is made again;
+        what was published meanwhile is lost, which the relay's sequence numbers and
+        the calls' deadlines notice.
+        """
+        started = False
+        delay = RESUBSCRIBE_FIRST_DELAY
+        while True:
+            try:
+                async with self.redis.pubsub(channels=[self.channel(self.id)]) as subscription:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    delay = RESUBSCRIBE_FIRST_DELAY
+                    async for message in subscription:
+                        self._take(message)
+            except BaseException as exc:
+                cause = _redis_failure(exc)
+                if cause is None or not started:
+                    raise
+                log.warning("cluster: lost the subscription (%s); subscribing again", cause)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY)
+
+    def _take(self, message: Any) -> None:
+        if message["type"] != "message":
+            return
+        data = message["data"]
+        if not isinstance(data, bytes):
+            return
+        try:
+            header, payloads = unpack(data)
+        except WireError as exc:
+            log.warning("dropped an envelope that does not parse: %s", exc)
+            return
+        if header["k"] == "reply":
+            waiting = self._calls.get(str(header.get("id")))
+            if waiting is not None:
+                waiting.send_nowait(header)
+        elif self.handler is not None:
+            self.handler(header, payloads)
 
 
 def redis_client(url: str) -> coredis.Redis[bytes]:

@@ -50,7 +50,7 @@ from ..core.options import JoinRefused
 from ..protocol import CloseCode, ErrorCode, RequestId
 from .client import ClusterClient, ClusterUnavailable
 from .leases import CLAIM, RELEASE, RENEW, split_lease
-from .relay import Close, EdgeLink, Frames, RemoteConnection, inbound_limit
+from .relay import Close, EdgeLink, RemoteConnection, inbound_limit
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,10 @@ class ClusterNode:
             )
             for meeting_id in list(self.leases):
                 self._fence(meeting_id, "registration expired")
+        # Clients relayed through Redis cannot be served without it either: they are told
+        # to reconnect (to a node that can reach Redis, or to this one once it does).
+        for link in list(self.edge_links.values()):
+            link.lose(_reconnect_close(self.hub, "this node lost the cluster's Redis"))
         await trio.sleep_forever()
 
     async def _renew_once(self) -> None:
@@ -264,6 +268,8 @@ class ClusterNode:
         except ClusterUnavailable as exc:
             if self.redis_problem is None:
                 log.warning("cluster: %s", exc)
+            else:
+                log.debug("cluster: still: %s", exc)
             self.redis_problem = str(exc)
             return
         if self.redis_problem is not None and self.redis_problem != "not registered yet":

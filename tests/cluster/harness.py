@@ -32,6 +32,7 @@ async def cluster(
 ) -> AsyncIterator[list[RunningServer]]:
     """``count`` nodes; the first one's database is everybody's."""
     database_url = f"sqlite:///{tmp_path / 'meshroom.db'}"
+    node_ttl = overrides.pop("node_ttl", NODE_TTL)
     async with trio.open_nursery() as nursery:
         servers = []
         for index in range(count):
@@ -40,15 +41,15 @@ async def cluster(
                 database_url=database_url,
                 redis_url=redis.url,
                 node_id=f"node{index}",
-                node_ttl=NODE_TTL,
+                node_ttl=node_ttl,
                 attendance_journal=str(tmp_path / f"node{index}.journal"),
                 **overrides,
             )
             servers.append(await start_server(nursery, settings))
         # A fresh Redis lets rooms be claimed node_ttl after the first node used it.
-        with trio.fail_after(10 * NODE_TTL):
+        with trio.fail_after(10 * node_ttl):
             while not all(node_of(server).ready for server in servers):
-                await trio.sleep(NODE_TTL / 20)
+                await trio.sleep(node_ttl / 20)
         try:
             yield servers
         finally:

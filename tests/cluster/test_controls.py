@@ -1,0 +1,128 @@
+"""Host controls reach the node that runs the room, from anywhere: another node's host,
+another node's HTTP API, the CLI through Redis. Each has taken effect when it returns."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+import trio
+from _servers import API_KEY
+from _signaling import events_until_closed
+
+from meshroom import Role
+from meshroom.cli import main
+from meshroom.client import JoinRefused, connect
+from meshroom.store import MeetingStatus
+
+from .harness import DEADLINE, cluster
+
+
+def api(base: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=DEADLINE
+    )
+
+
+async def test_a_host_on_another_node_kicks_bans_and_ends(tmp_path, redis):
+    with trio.fail_after(DEADLINE):
+        async with cluster(tmp_path, redis, 2) as (a, b), AsyncExitStack() as stack:
+            meeting = await a.meeting()
+            alice = await stack.enter_async_context(connect(a.url, a.token(meeting, "alice")))
+            # The host is relayed: its commands run on node a, where the room is.
+            host = await stack.enter_async_context(
+                connect(b.url, b.token(meeting, "host", Role.HOST))
+            )
+            bob = await stack.enter_async_context(connect(b.url, b.token(meeting, "bob")))
+            await alice.wait_for("peer:joined", empId="bob")
+
+            await host.request("host:kick", {"targetEmpId": "alice"})
+            events = await events_until_closed(alice)
+            assert events[-1].name == "session:closed"
+            assert events[-1].data["reason"] == "kicked"
+            assert alice.close_code == 4005
+
+            await host.request("host:ban", {"targetEmpId": "bob"})
+            events = await events_until_closed(bob)
+            assert events[-1].data["reason"] == "banned"
+            assert bob.close_code == 4004
+            # Banned on every node: a fresh token at either is refused.
+            for node in (a, b):
+                with pytest.raises(JoinRefused) as refused:
+                    async with connect(node.url, node.token(meeting, "bob")):
+                        pass
+                assert refused.value.code == "BANNED"
+
+            await host.request("host:end")
+            events = await events_until_closed(host)
+            assert events[-1].name == "meeting:ended"
+            assert host.close_code == 4006
+            assert (await a.store.get_meeting(meeting.id)).status is MeetingStatus.ENDED
+
+
+async def test_the_api_of_a_node_without_the_room_reaches_it(tmp_path, redis):
+    with trio.fail_after(DEADLINE):
+        async with (
+            cluster(tmp_path, redis, 2, http_port=0) as (a, b),
+            AsyncExitStack() as stack,
+            api(b.http_url) as http,
+        ):
+            meeting = await a.meeting()
+            alice = await stack.enter_async_context(
+                connect(a.url, a.token(meeting, "alice", Role.HOST))
+            )
+            bob = await stack.enter_async_context(connect(a.url, a.token(meeting, "bob")))
+            carol = await stack.enter_async_context(connect(b.url, b.token(meeting, "carol")))
+            await alice.wait_for("peer:joined", empId="carol")
+            assert meeting.id not in b.hub.rooms
+
+            listed = (await http.get(f"/api/meetings/{meeting.id}/participants")).json()
+            assert {p["empId"] for p in listed["participants"]} == {"alice", "bob", "carol"}
+
+            kicked = await http.post(f"/api/meetings/{meeting.id}/participants/bob/kick")
+            assert kicked.status_code == 200
+            # Done when the call returned: bob is no longer in the room.
+            assert "bob" not in {p["empId"] for p in a.hub.live_peers(meeting.id)}
+            assert (await events_until_closed(bob))[-1].data["reason"] == "kicked"
+
+            ended = await http.post(f"/api/meetings/{meeting.id}/end")
+            assert ended.status_code == 200 and ended.json()["status"] == "ENDED"
+            assert meeting.id not in a.hub.rooms or a.hub.rooms[meeting.id].ending
+            for peer in (alice, carol):
+                assert (await events_until_closed(peer))[-1].name == "meeting:ended"
+                assert peer.close_code == 4006
+
+
+async def test_the_cli_with_redis_ends_and_kicks_at_once(tmp_path, redis, capsys, monkeypatch):
+    with trio.fail_after(DEADLINE):
+        async with cluster(tmp_path, redis, 2) as (a, b), AsyncExitStack() as stack:
+            meeting = await a.meeting()
+            alice = await stack.enter_async_context(
+                connect(a.url, a.token(meeting, "alice", Role.HOST))
+            )
+            bob = await stack.enter_async_context(connect(b.url, b.token(meeting, "bob")))
+            await alice.wait_for("peer:joined", empId="bob")
+            shared = [
+                f"--database-url={a.settings.database_url}",
+                f"--redis-url={redis.url}",
+                f"--secret={a.settings.secret}",
+            ]
+
+            def cli(*argv: str) -> tuple[int, str, str]:
+                capsys.readouterr()
+                code = main([*argv, *shared])
+                out, err = capsys.readouterr()
+                return code, out, err
+
+            # The CLI is synchronous (trio.run of its own): run it in a thread.
+            code, out, err = await trio.to_thread.run_sync(
+                cli, "meeting", "kick", meeting.id, "bob"
+            )
+            assert (code, out.strip(), err) == (0, "kicked bob", "")
+            assert (await events_until_closed(bob))[-1].data["reason"] == "kicked"
+
+            code, out, err = await trio.to_thread.run_sync(cli, "meeting", "end", meeting.id)
+            assert code == 0 and "ENDED" in out and err == ""
+            # Ended before the command returned, not within the 5 s the watcher takes.
+            assert (await events_until_closed(alice))[-1].name == "meeting:ended"
