@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,16 @@ from meshroom.cluster import ClusterNode
 NODE_TTL = 1.0
 # Every step of a cluster test is bounded by this.
 DEADLINE = 20
+
+
+async def until(condition: Callable[[], bool], *, poll: float = 0.02) -> None:
+    """Return once ``condition()`` holds (bound it with the caller's deadline).
+
+    For states that live in Redis or across nodes, which no event announces: the test
+    polls the observable effect instead of sleeping a guessed time.
+    """
+    while not condition():  # noqa: ASYNC110 - no event announces these states
+        await trio.sleep(poll)
 
 
 def node_of(server: RunningServer) -> ClusterNode:
@@ -48,8 +58,7 @@ async def cluster(
             servers.append(await start_server(nursery, settings))
         # A fresh Redis lets rooms be claimed node_ttl after the first node used it.
         with trio.fail_after(10 * node_ttl):
-            while not all(node_of(server).ready for server in servers):
-                await trio.sleep(node_ttl / 20)
+            await until(lambda: all(node_of(server).ready for server in servers))
         try:
             yield servers
         finally:

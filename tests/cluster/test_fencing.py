@@ -3,6 +3,7 @@ them; Redis going away and coming back leaves no split brain and rooms recover."
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from contextlib import AsyncExitStack
@@ -15,7 +16,7 @@ from meshroom import Role
 from meshroom.client import JoinRefused, connect
 from meshroom.cluster import ClusterUnavailable, open_client
 
-from .harness import DEADLINE, NODE_TTL, cluster, node_of
+from .harness import DEADLINE, NODE_TTL, cluster, node_of, until
 
 HELD = re.compile(
     r"cluster: room (\S+) epoch (\d+) (acquired|fenced|released) (?:by|on) (\S+) at ([\d.]+)"
@@ -43,8 +44,8 @@ def ownership(caplog: pytest.LogCaptureFixture) -> dict[str, list[tuple[int, str
 
 def assert_one_owner_at_a_time(caplog: pytest.LogCaptureFixture) -> None:
     for room, spans in ownership(caplog).items():
-        for (epoch, node, start, end), (next_epoch, next_node, next_start, _) in zip(
-            spans, spans[1:], strict=False
+        for (epoch, node, _, end), (next_epoch, next_node, next_start, _) in itertools.pairwise(
+            spans
         ):
             assert next_epoch > epoch, (room, spans)
             assert end <= next_start, (
@@ -94,8 +95,7 @@ async def test_a_node_cut_off_from_redis_evicts_its_rooms_before_another_takes_t
             assert refused.value.close_code == 1013
 
             with trio.fail_after(5):
-                while meeting.id in b.hub.rooms:  # bob's second session is written
-                    await trio.sleep(0.01)
+                await until(lambda: meeting.id not in b.hub.rooms)  # bob's 2nd row written
             rows = await a.store.attendance_for_meeting(meeting.id)
             # Every row closed once: the fenced room's by its eviction, not by recovery.
             assert sorted((r.emp_id, r.leave_reason) for r in rows) == [
@@ -127,8 +127,7 @@ async def test_redis_killed_and_restarted_no_split_brain_and_rooms_recover(tmp_p
 
             # Both nodes come back; the meeting reopens, on whichever node is asked first.
             with trio.fail_after(10 * NODE_TTL):
-                while not (node_of(a).ready and node_of(b).ready):
-                    await trio.sleep(NODE_TTL / 10)
+                await until(lambda: node_of(a).ready and node_of(b).ready)
             async with (
                 connect(b.url, b.token(meeting, "bob")) as bob,
                 connect(a.url, a.token(meeting, "alice", Role.HOST)) as alice,
@@ -143,8 +142,7 @@ async def test_redis_killed_and_restarted_no_split_brain_and_rooms_recover(tmp_p
                 )
                 await bob.wait_for("signal:offer")
             with trio.fail_after(5):
-                while meeting.id in a.hub.rooms or meeting.id in b.hub.rooms:
-                    await trio.sleep(0.01)
+                await until(lambda: meeting.id not in a.hub.rooms and meeting.id not in b.hub.rooms)
             rows = await a.store.attendance_for_meeting(meeting.id)
             assert len(rows) == 4 and all(r.left_at is not None for r in rows)
     assert_one_owner_at_a_time(caplog)
@@ -169,7 +167,7 @@ async def test_a_quick_redis_restart_keeps_rooms_running(tmp_path, redis):
             # for node_ttl).
             async with open_client(redis.url, "meshroom") as probe:
                 with trio.fail_after(4.0):
-                    while await probe.redis.get(probe.room_key(meeting.id)) != lease.value.encode():
+                    while await probe.redis.get(probe.room_key(meeting.id)) != lease.value.encode():  # noqa: ASYNC110 - state in Redis
                         await trio.sleep(0.05)
             assert node_of(a).leases[meeting.id] is lease
             # The pub/sub connections came back too: the relay works, nothing was evicted.
