@@ -159,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=_positive_int, default=50)
     listing.set_defaults(run=cmd_meeting_list)
 
+    node = commands.add_parser("node", help="the nodes of a cluster (needs --redis-url)")
+    node_commands = node.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    node_list = node_commands.add_parser("list", help="list the registered nodes")
+    node_list.set_defaults(run=cmd_node_list)
+    node_drain = node_commands.add_parser(
+        "drain",
+        help="hand every room of a node over to the others (the node stays up, taking "
+        "no rooms, until stopped)",
+    )
+    node_drain.add_argument("node_id", metavar="NODE", help="the node's id (see `node list`)")
+    node_drain.set_defaults(run=cmd_node_drain)
+    for sub in (node_list, node_drain):
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        _add_settings(sub, ["redis_url", "redis_prefix", "log_level"])
+
     token = commands.add_parser("token", help="mint a meeting access token")
     token.add_argument("--meeting", required=True, help="meeting id or room code")
     token.add_argument("--emp", required=True, metavar="EMP_ID", help="employee id")
@@ -413,6 +428,55 @@ def cmd_meeting_removal(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return _run(settings, work)
+
+
+def _with_cluster(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``work(client)`` with a cluster client; one line if there is no cluster."""
+    url = settings.redis_url
+    if url is None:
+        raise CommandError(f"this needs the cluster's Redis: set {settings.named('redis_url')}")
+    from .cluster import ClusterUnavailable, open_client
+
+    async def run() -> int:
+        try:
+            async with open_client(url, settings.redis_prefix) as client:
+                return await work(client)
+        except ClusterUnavailable as exc:
+            raise CommandError(f"{exc} ({settings.named('redis_url')})") from None
+
+    return trio.run(run)
+
+
+def cmd_node_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(client: Any) -> int:
+        nodes = await client.nodes()
+        if args.json:
+            print(json.dumps(nodes))
+        for node_id, info in nodes.items() if not args.json else ():
+            state = "draining" if info.get("draining") else "serving"
+            print(f"{node_id}  {state}  pid {info.get('pid', '?')} on {info.get('host', '?')}")
+        return 0
+
+    return _with_cluster(settings, work)
+
+
+def cmd_node_drain(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(client: Any) -> int:
+        from .cluster.client import RemoteError
+
+        if not await client.alive(args.node_id):
+            raise CommandError(f"no node {args.node_id!r} is registered (see `meshroom node list`)")
+        try:
+            handed_over = await client.call(args.node_id, "drain", {}, wait=60.0)
+        except RemoteError as exc:
+            raise CommandError(f"node {args.node_id} could not drain: {exc.message}") from None
+        if args.json:
+            print(json.dumps({"nodeId": args.node_id, "roomsHandedOver": handed_over}))
+        else:
+            print(f"node {args.node_id} handed over {handed_over} room(s); it takes no new ones")
+        return 0
+
+    return _with_cluster(settings, work)
 
 
 def cmd_meeting_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -58,6 +58,8 @@ class Runtime:
         if self.cluster is not None:
             await self.cluster.drain()
         await self.hub.shutdown()
+        if self.cluster is not None:
+            await self.cluster.leave()
 
     @property
     def serve(self) -> Callable[..., Awaitable[None]]:

@@ -9,6 +9,7 @@ that arrives there to a handler; replies to its own calls it resolves itself.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import uuid
@@ -108,17 +109,26 @@ class ClusterClient:
         found = await self.command("a lookup", lambda: self.redis.exists([self.node_key(node)]))
         return bool(found)
 
-    async def nodes(self) -> list[str]:
-        """The ids of the registered nodes."""
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        """The registered nodes: id → what each registered (pid, host, draining)."""
         pattern = self.node_key("*")
-        found: list[str] = []
+        found: dict[str, dict[str, Any]] = {}
 
         async def scan() -> None:
             async for key in self.redis.scan_iter(match=pattern, count=500):
-                found.append(key.decode().removeprefix(self.node_key("")))
+                value = await self.redis.get(key)
+                if value is None:
+                    continue  # expired between the scan and the read
+                try:
+                    info = json.loads(value)
+                except ValueError:
+                    info = {}
+                found[key.decode().removeprefix(self.node_key(""))] = (
+                    info if isinstance(info, dict) else {}
+                )
 
         await self.command("a scan", scan)
-        return sorted(found)
+        return dict(sorted(found.items()))
 
     # Calls: a command to the node running a room, answered on our own channel
 

@@ -109,7 +109,7 @@ class ClusterNode:
         self._link_ids = itertools.count(1)
         self._claim_locks = KeyedLocks()
         self._work: trio.Nursery | None = None
-        self._registration = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        self.left = False
         self._claim = client.redis.register_script(CLAIM)
         self._renew = client.redis.register_script(RENEW)
         self._release = client.redis.register_script(RELEASE)
@@ -173,10 +173,17 @@ class ClusterNode:
         if self.holds(meeting_id):
             return None
         if self.draining:
+            # Takes no room, but still reaches the rooms other nodes run.
+            try:
+                owner = await self.client.owner_of(meeting_id)
+            except ClusterUnavailable as exc:
+                raise self._unavailable(str(exc)) from None
+            if owner is not None and owner[0] != self.id:
+                return owner[0]
             raise JoinRefused(
                 ErrorCode.SHUTTING_DOWN,
                 CloseCode.GOING_AWAY,
-                "this node is shutting down; reconnect",
+                "this node is draining; reconnect",
             )
         async with self._claim_locks.hold(meeting_id):
             if self.holds(meeting_id):
@@ -256,10 +263,15 @@ class ClusterNode:
         await trio.sleep_forever()
 
     async def _renew_once(self) -> None:
+        if self.left:
+            return
         sent = trio.current_time()
         held = list(self.leases.items())
         keys = [self.client.node_key(self.id), self.client.boot_key]
-        args: list[Any] = [self._registration, _ms(self.config.node_ttl), _ms(self.config.room_ttl)]
+        registration = json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "draining": self.draining}
+        )
+        args: list[Any] = [registration, _ms(self.config.node_ttl), _ms(self.config.room_ttl)]
         for meeting_id, lease in held:
             keys += [self.client.room_key(meeting_id), self.client.epoch_key(meeting_id)]
             args.append(lease.value)
@@ -542,6 +554,8 @@ class ClusterNode:
 
     async def run_command(self, op: str, args: dict[str, Any]) -> Any:
         """Run a control command on a room this node runs (see ClusterRooms)."""
+        if op == "drain":
+            return await self.drain()
         meeting_id = str(args.get("meeting"))
         if not self.holds(meeting_id):
             raise NotOwner(f"node {self.id} does not run meeting {meeting_id}")
@@ -564,16 +578,30 @@ class ClusterNode:
 
     # Drain
 
-    async def drain(self) -> None:
-        """Stop taking rooms, send every peer here to another node, leave the cluster."""
+    async def drain(self) -> int:
+        """Stop taking rooms and hand every room over: its peers are told to reconnect,
+        which brings them to another node (the lease is given back, so at once).
+
+        The node stays registered (and relays nothing): ``meshroom node drain`` leaves
+        the process up for an operator to stop; shutdown calls :meth:`leave` next.
+        Returns how many rooms were handed over.
+        """
         self.draining = True
+        rooms = list(self.leases)
         async with trio.open_nursery() as nursery:
-            for meeting_id in list(self.leases):
+            for meeting_id in rooms:
                 nursery.start_soon(self.hub.evict, meeting_id)
         for link in list(self.edge_links.values()):
             link.lose(_reconnect_close(self.hub, "this node is shutting down"))
         for meeting_id, lease in list(self.leases.items()):
             await self._give_back(meeting_id, lease)
+        await self._renew_once()  # the registration says "draining" from now on
+        return len(rooms)
+
+    async def leave(self) -> None:
+        """Unregister: other nodes stop relaying to this one at once."""
+        self.left = True
+        self.deadline = -float("inf")
         try:
             await self.client.command(
                 "an unregistration",
@@ -581,7 +609,6 @@ class ClusterNode:
             )
         except ClusterUnavailable as exc:
             log.info("cluster: could not unregister (%s); the registration expires", exc)
-        self.deadline = -float("inf")
 
 
 class NotOwner(Exception):

@@ -16,7 +16,7 @@ from meshroom.cli import main
 from meshroom.client import JoinRefused, connect
 from meshroom.store import MeetingStatus
 
-from .harness import DEADLINE, cluster
+from .harness import DEADLINE, cluster, node_of
 
 
 def api(base: str) -> httpx.AsyncClient:
@@ -126,3 +126,50 @@ async def test_the_cli_with_redis_ends_and_kicks_at_once(tmp_path, redis, capsys
             assert code == 0 and "ENDED" in out and err == ""
             # Ended before the command returned, not within the 5 s the watcher takes.
             assert (await events_until_closed(alice))[-1].name == "meeting:ended"
+
+
+async def test_node_list_and_drain_from_the_cli(tmp_path, redis, capsys):
+    with trio.fail_after(DEADLINE):
+        async with cluster(tmp_path, redis, 2) as (a, b), AsyncExitStack() as stack:
+            meeting = await a.meeting()
+            alice = await stack.enter_async_context(
+                connect(a.url, a.token(meeting, "alice", Role.HOST))
+            )
+            bob = await stack.enter_async_context(connect(b.url, b.token(meeting, "bob")))
+            await alice.wait_for("peer:joined", empId="bob")
+
+            def cli(*argv: str) -> tuple[int, str, str]:
+                capsys.readouterr()
+                code = main([*argv, f"--redis-url={redis.url}"])
+                out, err = capsys.readouterr()
+                return code, out, err
+
+            code, out, err = await trio.to_thread.run_sync(cli, "node", "list")
+            assert code == 0 and err == ""
+            assert [line.split()[:2] for line in out.splitlines()] == [
+                ["node0", "serving"],
+                ["node1", "serving"],
+            ]
+
+            code, out, err = await trio.to_thread.run_sync(cli, "node", "drain", "node0")
+            assert (code, out.strip(), err) == (
+                0,
+                "node node0 handed over 1 room(s); it takes no new ones",
+                "",
+            )
+            for peer in (alice, bob):
+                assert (await events_until_closed(peer))[-2].name == "server:shutdown"
+            assert meeting.id not in node_of(a).leases
+            # Node 0 still serves its clients, relaying them to the room's new node.
+            async with (
+                connect(b.url, b.token(meeting, "bob")) as bob,
+                connect(a.url, a.token(meeting, "alice", Role.HOST)) as alice,
+            ):
+                await bob.wait_for("peer:joined", empId="alice")
+                assert node_of(b).holds(meeting.id) and meeting.id not in a.hub.rooms
+
+            code, out, err = await trio.to_thread.run_sync(cli, "node", "list")
+            assert [line.split()[:2] for line in out.splitlines()][0] == ["node0", "draining"]
+            code, out, err = await trio.to_thread.run_sync(cli, "node", "drain", "nobody")
+            assert code == 1 and out == ""
+            assert err.strip().endswith("no node 'nobody' is registered (see `meshroom node list`)")
