@@ -169,7 +169,7 @@ async def test_node_list_and_drain_from_the_cli(tmp_path, redis, capsys):
                 assert node_of(b).holds(meeting.id) and meeting.id not in a.hub.rooms
 
             code, out, err = await trio.to_thread.run_sync(cli, "node", "list")
-            assert [line.split()[:2] for line in out.splitlines()][0] == ["node0", "draining"]
+            assert out.splitlines()[0].split()[:2] == ["node0", "draining"]
             code, out, err = await trio.to_thread.run_sync(cli, "node", "drain", "nobody")
             assert code == 1 and out == ""
             assert err.strip().endswith("no node 'nobody' is registered (see `meshroom node list`)")
