@@ -349,6 +349,10 @@ def _run(settings: Settings, work: Callable[[MeetingService], Awaitable[int]]) -
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        return trio.run(run_workers, settings)
     server = Server(settings)
     try:
         trio.run(lambda: server.run(shutdown_trigger=wait_for_signal))

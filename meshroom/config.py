@@ -312,6 +312,17 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(
         default="meshroom", description="prefix of every Redis key and channel meshroom uses"
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes serving the same ports (one core each), coordinated as cluster "
+        "nodes through redis-url",
+    )
+    reuse_port: Flag = Field(
+        default=False,
+        description="bind with SO_REUSEPORT so that processes share the ports (--workers sets it)",
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # How the user gave each setting that came from a variable, so that errors found
@@ -436,6 +447,15 @@ class Settings(BaseSettings):
             and len(self.secret) < MIN_SECRET_BYTES
         ):
             raise _cross("secret", f"{{secret}} must be at least {MIN_SECRET_BYTES} bytes long")
+        if self.workers > 1:
+            if self.redis_url is None:
+                raise _cross(
+                    "workers", "{workers} above 1 needs {redis_url}: the workers are cluster nodes"
+                )
+            if self.port == 0 or self.http_port == 0:
+                raise _cross(
+                    "workers", "{workers} above 1 needs fixed ports ({port}, {http_port}), not 0"
+                )
         return self
 
     def attendance_config(self) -> AttendanceConfig:
@@ -457,6 +477,20 @@ class Settings(BaseSettings):
             prefix=self.redis_prefix,
             node_ttl=self.node_ttl,
         )
+
+    def environment(self) -> dict[str, str]:
+        """These settings as MESHROOM_* variables: what a child process needs to be built
+        with the same settings (``--workers``)."""
+        variables = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                if name == "http_port":
+                    variables[env_name(name)] = OFF
+                continue
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            variables[env_name(name)] = str(getattr(value, "value", value))
+        return variables
 
     def journal_path(self) -> str | None:
         """The attendance journal's file, or None when it is off."""

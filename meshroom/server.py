@@ -105,7 +105,10 @@ class Server:
         settings = self.settings
         tls = settings.ssl_context()
         try:
-            listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+            if settings.reuse_port:
+                listeners = await _reuse_port_listeners(settings.host, settings.port)
+            else:
+                listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
@@ -189,6 +192,10 @@ class Server:
         config.websocket_max_message_size = hard_message_limit(settings.max_message_bytes)
         if settings.tls_cert:
             config.certfile, config.keyfile = settings.tls_cert, settings.tls_key
+        if settings.reuse_port:
+            # Hypercorn binds with SO_REUSEPORT when it is told of several workers; the
+            # workers here are meshroom's own processes (meshroom.workers).
+            config.workers = 2
         if settings.heartbeat_interval > 0:
             # Hypercorn pings every interval but never looks at the pongs; its read_timeout
             # drops a connection from which nothing (a pong included) arrived for that long.
@@ -227,6 +234,31 @@ class Server:
         host = f"[{host}]" if ":" in host else host
         scheme = "https" if self.settings.tls_cert else "http"
         return f"{scheme}://{host}:{self.http_port}"
+
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, with SO_REUSEPORT: several processes share the port
+    and the kernel spreads new connections over them."""
+    import socket as stdlib_socket
+
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=stdlib_socket.SOCK_STREAM, flags=stdlib_socket.AI_PASSIVE
+    )
+    listeners = []
+    for family, kind, proto, _, address in addresses:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
+            if family == stdlib_socket.AF_INET6:
+                sock.setsockopt(stdlib_socket.IPPROTO_IPV6, stdlib_socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(stdlib_socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
 
 
 async def _set_when_done(trigger: Callable[[], Awaitable[None]] | None, event: trio.Event) -> None:

@@ -77,6 +77,11 @@ BAD_VALUES = [
     ("duplicate_policy", "newest", "must be 'replace' or 'reject'"),
     ("log_level", "LOUD", "must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
     ("jwt_algorithm", "none", "must be one of HS256, HS384, HS512"),
+    # the cluster's
+    ("node_id", "n" * 101, "must be 1-100 characters without '|'"),
+    ("node_ttl", "0", "must be positive"),
+    ("workers", "0", "must be at least 1"),
+    ("workers", "65", "must be at most 64"),
 ]
 
 
@@ -412,3 +417,22 @@ def test_python_m_meshroom_config_prints_the_table():
         timeout=60,
     )
     assert result.stdout.rstrip("\n") == settings_table()
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_it():
+    # It may hold a password (redis://:secret@host), like a database URL.
+    message = refused({"MESHROOM_REDIS_URL": "secret@localhost:6379"})
+    assert message == "MESHROOM_REDIS_URL: not a Redis URL (redis://host:6379/0, rediss://, unix://)"
+
+
+def test_workers_need_a_cluster_and_fixed_ports():
+    assert "--workers above 1 needs --redis-url" in refused(workers=2)
+    message = refused(workers=2, redis_url="redis://127.0.0.1:6379/0", port=0)
+    assert "needs fixed ports (--port, --http-port), not 0" in message
+
+
+def test_settings_pass_to_a_worker_as_variables_unchanged():
+    settings = Settings.from_env(
+        {}, http_port="off", redis_url="redis://127.0.0.1:6379/0", demo=False, rate_limit=12.5
+    )
+    assert Settings.from_env(settings.environment()).model_dump() == settings.model_dump()
