@@ -109,6 +109,7 @@ class Client:
         "index",
         "key",
         "out",
+        "port",
         "sock",
         "state",
         "t_closed",
@@ -119,10 +120,11 @@ class Client:
         "writing",
     )
 
-    def __init__(self, index: int, emp: str, token: str) -> None:
+    def __init__(self, index: int, emp: str, token: str, port: int = 0) -> None:
         self.index = index
         self.emp = emp
         self.token = token
+        self.port = port  # 0: the spec's port (bench cluster spreads clients over nodes)
         self.sock: socket.socket | None = None
         self.fd = -1
         self.buf = bytearray()
@@ -151,7 +153,7 @@ class Loader:
         self.ep = select.epoll()
         self.by_fd: dict[int, Client] = {}
         self.dirty: set[Client] = set()
-        self.clients = [Client(i, e, t) for i, (e, t) in enumerate(spec["clients"])]
+        self.clients = [Client(i, *client) for i, client in enumerate(spec["clients"])]
         self.to_connect = list(reversed(self.clients))
         self.connecting = 0
         self.connect_window: int = spec.get("connect_window", 64)
@@ -182,7 +184,7 @@ class Loader:
         c.sock, c.fd, c.state, c.t_connect = sock, sock.fileno(), CONNECTING, now()
         self.by_fd[c.fd] = c
         self.connecting += 1
-        err = sock.connect_ex((self.host, self.port))
+        err = sock.connect_ex((self.host, c.port or self.port))
         if err not in (0, errno.EINPROGRESS):
             self._fail(c, f"connect: {errno.errorcode.get(err, err)}")
             return
@@ -197,7 +199,7 @@ class Loader:
             return
         c.key = base64.b64encode(os.urandom(16))
         request = (
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{c.port or self.port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {c.key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()

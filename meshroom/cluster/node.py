@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 # forgets its registration (and may hand its rooms to another node) only at 1 x node_ttl
 # after that renewal reached Redis, which is later still.
 FENCE_AFTER = 0.75
+# Client messages an edge node reads ahead of its publishes, and puts in one envelope.
+RELAY_READ_AHEAD = 256
+RELAY_BATCH = 64
 # A lease claimed for a join that never opened a room (refused, say) is given back
 # after this many seconds.
 UNUSED_LEASE_SECONDS = 5.0
@@ -422,29 +425,49 @@ class ClusterNode:
     async def _pump_to_owner(
         self, conn: Connection, link: EdgeLink, reading: trio.CancelScope
     ) -> None:
+        """Read the client; publish what it sends to the owner, batched.
+
+        A reader and a publisher: whatever the client sent while the previous publish
+        was in flight goes in the next envelope, so a client's rate is not bound by one
+        Redis round trip per message.
+        """
+        send, receive = trio.open_memory_channel[tuple[str, Any]](RELAY_READ_AHEAD)
         with reading:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_client, conn, send)
+                await self._publish_client(link, receive)
+                nursery.cancel_scope.cancel()
+
+    async def _read_client(
+        self, conn: Connection, send: trio.MemorySendChannel[tuple[str, Any]]
+    ) -> None:
+        async with send:
             while True:
-                header: dict[str, Any] = {"k": "in", "l": link.link}
-                payloads: list[bytes] = []
                 try:
                     message = await conn.receive()
                 except MessageTooLarge as exc:
-                    header["big"] = [exc.size, exc.limit]
+                    await send.send(("big", [exc.size, exc.limit]))
                 except ConnectionClosed as exc:
-                    header = {
-                        "k": "gone",
-                        "l": link.link,
-                        "code": exc.code,
-                        "reason": exc.reason,
-                        "timeout": isinstance(exc, ConnectionTimedOut),
-                    }
+                    await send.send(("gone", exc))
+                    return
                 else:
-                    if isinstance(message, bytes):
-                        header["bin"] = [0]
-                        payloads.append(message)
-                    else:
-                        payloads.append(message.encode())
-                header["s"] = link.sent.take()
+                    await send.send(("message", message))
+
+    async def _publish_client(
+        self, link: EdgeLink, receive: trio.MemoryReceiveChannel[tuple[str, Any]]
+    ) -> None:
+        async with receive:
+            pending: list[tuple[str, Any]] = []
+            while True:
+                if not pending:
+                    pending.append(await receive.receive())
+                while len(pending) < RELAY_BATCH:
+                    try:
+                        pending.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                header, payloads, taken = _client_envelope(link, pending)
+                del pending[:taken]
                 if link.closed_by_owner:
                     if header["k"] == "gone":
                         return
@@ -613,6 +636,48 @@ class ClusterNode:
 
 class NotOwner(Exception):
     """A command reached a node that no longer runs the room."""
+
+
+def _client_envelope(
+    link: EdgeLink, items: list[tuple[str, Any]]
+) -> tuple[dict[str, Any], list[bytes], int]:
+    """The next envelope for the owner from the client's queued items, and how many it took.
+
+    Messages go together; a too-large notice ends an envelope; the client's going is an
+    envelope of its own.
+    """
+    kind, value = items[0]
+    if kind == "gone":
+        exc: ConnectionClosed = value
+        gone: dict[str, Any] = {
+            "k": "gone",
+            "l": link.link,
+            "code": exc.code,
+            "reason": exc.reason,
+            "timeout": isinstance(exc, ConnectionTimedOut),
+            "s": link.sent.take(),
+        }
+        return gone, [], 1
+    header: dict[str, Any] = {"k": "in", "l": link.link}
+    payloads: list[bytes] = []
+    binary: list[int] = []
+    taken = 0
+    for kind, value in items:
+        if kind == "gone":
+            break
+        taken += 1
+        if kind == "big":
+            header["big"] = value
+            break
+        if isinstance(value, bytes):
+            binary.append(len(payloads))
+            payloads.append(value)
+        else:
+            payloads.append(value.encode())
+    if binary:
+        header["bin"] = binary
+    header["s"] = link.sent.take()
+    return header, payloads, taken
 
 
 def _reconnect_close(hub: Hub, why: str) -> Close:
