@@ -29,6 +29,7 @@ _NEEDS = (
     ("PostgreSQL", "PostgreSQL: set MESHROOM_TEST_POSTGRES_URL=postgresql+psycopg://USER@HOST/DB"),
     ("Chromium", "Chromium: apt-get install chromium"),
     ("coturn", "coturn: apt-get install coturn"),
+    ("redis-server", "Redis: apt-get install redis-server (the cluster tests start their own)"),
     ("node", "Node.js: install node and npm (tests/socketio/node is installed with npm ci)"),
 )
 

@@ -134,7 +134,9 @@ async def http_error(exc: HTTPException) -> Response:
     return error(status, code, exc.description or exc.name)
 
 
-def meeting_out(meeting: Meeting) -> MeetingOut:
+def meeting_out(meeting: Meeting, *, live: int | None = None) -> MeetingOut:
+    """``live``: how many are connected, when the caller asked the room's node (a cluster's
+    may be another); otherwise this process's own room is counted."""
     hub = _meshroom().hub
     room = hub.rooms.get(meeting.id) if hub else None
     return MeetingOut(
@@ -147,7 +149,7 @@ def meeting_out(meeting: Meeting) -> MeetingOut:
         created_at=meeting.created_at,
         started_at=meeting.started_at,
         ended_at=meeting.ended_at,
-        live_participants=len(room.peers) if room else 0,
+        live_participants=live if live is not None else len(room.peers) if room else 0,
     )
 
 
@@ -190,7 +192,9 @@ async def list_meetings(query_args: ListMeetingsQuery) -> MeetingPage:
 @document_response(ErrorOut, 404)
 async def get_meeting(ref: str) -> MeetingOut:
     """A meeting by id or room code."""
-    return meeting_out(await _meshroom().service.find(ref))
+    service = _meshroom().service
+    meeting = await service.find(ref)
+    return meeting_out(meeting, live=len(await service.live_participants(meeting)))
 
 
 @api.post("/meetings/<ref>/start")
