@@ -8,6 +8,7 @@ import logging
 import re
 from contextlib import AsyncExitStack
 
+import httpx
 import pytest
 import trio
 from _signaling import events_until_closed
@@ -110,19 +111,27 @@ async def test_a_node_cut_off_from_redis_evicts_its_rooms_before_another_takes_t
 async def test_redis_killed_and_restarted_no_split_brain_and_rooms_recover(tmp_path, redis, caplog):
     caplog.set_level(logging.INFO, logger="meshroom.cluster")
     with trio.fail_after(DEADLINE):
-        async with cluster(tmp_path, redis, 2) as (a, b), AsyncExitStack() as stack:
+        async with (
+            cluster(tmp_path, redis, 2, http_port=0) as (a, b),
+            AsyncExitStack() as stack,
+            httpx.AsyncClient(base_url=a.http_url) as http,
+        ):
             meeting = await a.meeting()
             alice = await stack.enter_async_context(
                 connect(a.url, a.token(meeting, "alice", Role.HOST))
             )
             bob = await stack.enter_async_context(connect(b.url, b.token(meeting, "bob")))
             await alice.wait_for("peer:joined", empId="bob")
+            assert (await http.get("/readyz")).json()["status"] == "ok"
 
             await redis.stop()  # every key is gone with it
             for peer in (alice, bob):
                 events = await events_until_closed(peer)
                 assert events[-2].name == "server:shutdown"
             assert not node_of(a).ready and not node_of(b).ready
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["detail"].startswith("redis: Redis failed a renewal")
             await redis.start()  # empty, on the same port
 
             # Both nodes come back; the meeting reopens, on whichever node is asked first.
