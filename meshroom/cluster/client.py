@@ -20,6 +20,11 @@ from typing import Any
 import coredis
 import coredis.exceptions
 import trio
+from coredis.retry import (
+    CompositeRetryPolicy,
+    ConstantRetryPolicy,
+    ExponentialBackoffRetryPolicy,
+)
 
 from .leases import split_lease
 from .wire import WireError, pack, unpack
@@ -31,6 +36,18 @@ REDIS_CALL_TIMEOUT = 2.0
 # Waits between attempts to subscribe again after the subscription's connection broke.
 RESUBSCRIBE_FIRST_DELAY = 0.05
 RESUBSCRIBE_MAX_DELAY = 1.0
+# coredis makes a lost subscription again by itself; its default waits grow to 16 s, and
+# a node is unreachable while it waits. These grow to 1 s.
+RESUBSCRIBE_POLICY = CompositeRetryPolicy(
+    ExponentialBackoffRetryPolicy(
+        (coredis.exceptions.ConnectionError,),
+        retries=None,
+        base_delay=RESUBSCRIBE_FIRST_DELAY,
+        max_delay=RESUBSCRIBE_MAX_DELAY,
+        jitter=True,
+    ),
+    ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1),
+)
 
 Handler = Callable[[dict[str, Any], list[bytes]], None]
 
@@ -92,8 +109,19 @@ class ClusterClient:
             raise ClusterUnavailable(f"Redis failed {what}: {exc}") from None
 
     async def publish(self, node: str, header: dict[str, Any], payloads: list[bytes] = []) -> None:  # noqa: B006
+        """Send an envelope to ``node``.
+
+        Raises:
+            ClusterUnavailable: Redis is unreachable, or nobody listens on the node's
+                channel (dead, or its subscription is being made again): pub/sub would
+                drop the envelope silently.
+        """
         data = pack(header, payloads)
-        await self.command("a publish", lambda: self.redis.publish(self.channel(node), data))
+        receivers = await self.command(
+            "a publish", lambda: self.redis.publish(self.channel(node), data)
+        )
+        if not receivers:
+            raise ClusterUnavailable(f"node {node} is not listening")
 
     # Lookups
 
@@ -180,7 +208,9 @@ class ClusterClient:
         delay = RESUBSCRIBE_FIRST_DELAY
         while True:
             try:
-                async with self.redis.pubsub(channels=[self.channel(self.id)]) as subscription:
+                async with self.redis.pubsub(
+                    channels=[self.channel(self.id)], retry_policy=RESUBSCRIBE_POLICY
+                ) as subscription:
                     if not started:
                         task_status.started()
                         started = True

@@ -12,6 +12,7 @@ from _redis import RedisServer
 from _servers import RunningServer, server_settings, start_server
 
 from meshroom.cluster import ClusterNode
+from meshroom.store import AttendanceRecord
 
 # Short enough that takeovers happen within a test's patience, long enough for a
 # loaded CI machine to renew in time (renewals go every node_ttl / 4).
@@ -28,6 +29,16 @@ async def until(condition: Callable[[], bool], *, poll: float = 0.02) -> None:
     """
     while not condition():  # noqa: ASYNC110 - no event announces these states
         await trio.sleep(poll)
+
+
+async def closed_rows(server: RunningServer, meeting_id: str) -> list[AttendanceRecord]:
+    """The meeting's attendance rows once every one is closed (leaves are written by a
+    task of their own, a moment after the peer is gone)."""
+    while True:
+        rows = await server.store.attendance_for_meeting(meeting_id)
+        if all(row.left_at is not None for row in rows):
+            return rows
+        await trio.sleep(0.02)
 
 
 def node_of(server: RunningServer) -> ClusterNode:
