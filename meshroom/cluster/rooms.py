@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import trio
+
 from ..core import Hub
 from ..store import (
     InvalidTransition,
@@ -21,10 +23,12 @@ from ..store import (
     Store,
     StoreUnavailable,
 )
-from .client import ClusterClient, RemoteError
+from .client import ClusterClient, ClusterUnavailable, RemoteError
 
-# Tries of a command whose owner changed between the lookup and the command.
-ATTEMPTS = 3
+# How long a command may take to reach the room's node, and each try of it.
+COMMAND_DEADLINE = 10.0
+ATTEMPT_WAIT = 2.0
+RETRY_PAUSE = 0.05
 
 
 class ClusterRooms:
@@ -34,21 +38,42 @@ class ClusterRooms:
         self.hub = hub  # this process's rooms (None in the CLI)
 
     async def _on_owner(self, meeting_id: str, op: str, args: dict[str, Any]) -> tuple[bool, Any]:
-        """(True, result) once the room's node ran the command; (False, None) if none runs it."""
-        for _ in range(ATTEMPTS):
-            owner = await self.client.owner_of(meeting_id)
+        """(True, result) once the room's node ran the command; (False, None) if none runs it.
+
+        A node that does not answer may be dying or cut off: the owner is looked up again
+        (once its registration expires, nobody runs the room and the caller acts on the
+        database itself), until COMMAND_DEADLINE.
+
+        Raises:
+            StoreUnavailable: Redis is unreachable, or the room's node did not answer in time.
+        """
+        deadline = trio.current_time() + COMMAND_DEADLINE
+        while True:
+            try:
+                owner = await self.client.owner_of(meeting_id)
+            except ClusterUnavailable as exc:
+                raise StoreUnavailable(f"the cluster's Redis is unreachable: {exc}") from None
             if owner is None:
                 return False, None
             node, _epoch = owner
             if self.hub is not None and node == self.client.id:
                 return False, None  # this process runs it: the local hub acts
+            wait = min(ATTEMPT_WAIT, deadline - trio.current_time())
+            if wait <= 0:
+                raise StoreUnavailable(
+                    f"node {node}, which runs meeting {meeting_id}, does not answer; try again"
+                )
             try:
-                return True, await self.client.call(node, op, {"meeting": meeting_id, **args})
+                return True, await self.client.call(
+                    node, op, {"meeting": meeting_id, **args}, wait=wait
+                )
             except RemoteError as exc:
-                if exc.kind == "NotOwner":
-                    continue  # it moved while we asked: look again
-                raise _local_error(exc, meeting_id) from None
-        raise StoreUnavailable(f"meeting {meeting_id} keeps moving between nodes; try again")
+                if exc.kind != "NotOwner":
+                    raise _local_error(exc, meeting_id) from None
+                # It lost the room a moment ago; its record goes with its registration.
+                await trio.sleep(RETRY_PAUSE)
+            except ClusterUnavailable:
+                await trio.sleep(RETRY_PAUSE)
 
     async def end_meeting(self, meeting_id: str, *, by: str | None) -> Meeting:
         done, _ = await self._on_owner(meeting_id, "end", {"by": by})

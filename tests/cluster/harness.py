@@ -16,7 +16,7 @@ from meshroom.store import AttendanceRecord
 
 # Short enough that takeovers happen within a test's patience, long enough for a
 # loaded CI machine to renew in time (renewals go every node_ttl / 4).
-NODE_TTL = 1.0
+NODE_TTL = 1.5
 # Every step of a cluster test is bounded by this.
 DEADLINE = 20
 

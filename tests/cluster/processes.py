@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from _servers import API_KEY, SECRET
 
 from meshroom import Role, mint_token
 from meshroom.auth import TokenKeys
+from meshroom.client import JoinRefused, Peer, connect
 
 STARTED = re.compile(r"signaling on (ws://\S+/meetings), HTTP API on (\S+) ")
 
@@ -38,6 +39,17 @@ class NodeProcess:
 
     def text(self) -> str:
         return "".join(self.log)
+
+
+async def rejoin(stack: AsyncExitStack, url: str, tok: str) -> Peer:
+    """Join as a client does: retry while the cluster cannot place the room yet (a node
+    just started, a room moving between nodes)."""
+    while True:
+        try:
+            return await stack.enter_async_context(connect(url, tok))
+        except JoinRefused as refused:
+            assert refused.code in ("CLUSTER_UNAVAILABLE", "SHUTTING_DOWN"), refused
+            await trio.sleep(0.1)  # a client's reconnect back-off
 
 
 def token(meeting_id: str, emp_id: str, role: Role = Role.PARTICIPANT) -> str:

@@ -11,11 +11,10 @@ from _servers import API_KEY
 from _signaling import events_until_closed
 
 from meshroom import Role
-from meshroom.client import JoinRefused, Peer, connect
 from meshroom.store import SqlStore
 
 from .harness import DEADLINE
-from .processes import NodeProcess, node_processes, token
+from .processes import NodeProcess, node_processes, rejoin, token
 
 OFFER = {"type": "offer", "sdp": "v=0"}
 
@@ -38,16 +37,6 @@ async def _meeting(node: NodeProcess) -> str:
         return str(created.json()["id"])
 
 
-async def _rejoin(stack: AsyncExitStack, url: str, tok: str) -> Peer:
-    """Join as a client does after a drop: retry while the cluster moves the room."""
-    while True:
-        try:
-            return await stack.enter_async_context(connect(url, tok))
-        except JoinRefused as refused:
-            assert refused.code in ("CLUSTER_UNAVAILABLE", "SHUTTING_DOWN"), refused
-            await trio.sleep(0.1)  # a client's reconnect back-off
-
-
 def _epochs(node: NodeProcess, meeting_id: str) -> list[int]:
     found = re.findall(rf"room {meeting_id} epoch (\d+) acquired", node.text())
     return [int(e) for e in found]
@@ -62,11 +51,9 @@ async def test_kill_9_of_the_rooms_node_the_meeting_goes_on_on_another(tmp_path,
             await _ready(nodes)
             meeting_id = await _meeting(n0)
             async with AsyncExitStack() as stack:
-                alice = await stack.enter_async_context(
-                    connect(n0.url, token(meeting_id, "alice", Role.HOST))
-                )
-                bob = await stack.enter_async_context(connect(n1.url, token(meeting_id, "bob")))
-                carol = await stack.enter_async_context(connect(n2.url, token(meeting_id, "carol")))
+                alice = await rejoin(stack, n0.url, token(meeting_id, "alice", Role.HOST))
+                bob = await rejoin(stack, n1.url, token(meeting_id, "bob"))
+                carol = await rejoin(stack, n2.url, token(meeting_id, "carol"))
                 await alice.wait_for("peer:joined", empId="carol")
                 assert _epochs(n0, meeting_id) and not _epochs(n1, meeting_id)
 
@@ -80,9 +67,9 @@ async def test_kill_9_of_the_rooms_node_the_meeting_goes_on_on_another(tmp_path,
                     assert peer.close_code == 1001
 
             async with AsyncExitStack() as stack:
-                bob = await _rejoin(stack, n1.url, token(meeting_id, "bob"))
-                carol = await _rejoin(stack, n2.url, token(meeting_id, "carol"))
-                alice = await _rejoin(stack, n2.url, token(meeting_id, "alice", Role.HOST))
+                bob = await rejoin(stack, n1.url, token(meeting_id, "bob"))
+                carol = await rejoin(stack, n2.url, token(meeting_id, "carol"))
+                alice = await rejoin(stack, n2.url, token(meeting_id, "alice", Role.HOST))
                 await bob.wait_for("peer:joined", empId="alice")
                 await alice.request("signal:offer", {"targetEmpId": "bob", "offer": OFFER})
                 await bob.wait_for("signal:offer")
@@ -120,10 +107,8 @@ async def test_sigterm_drains_a_node_its_peers_continue_on_another(tmp_path, red
             await _ready(nodes)
             meeting_id = await _meeting(n0)
             async with AsyncExitStack() as stack:
-                alice = await stack.enter_async_context(
-                    connect(n0.url, token(meeting_id, "alice", Role.HOST))
-                )
-                bob = await stack.enter_async_context(connect(n1.url, token(meeting_id, "bob")))
+                alice = await rejoin(stack, n0.url, token(meeting_id, "alice", Role.HOST))
+                bob = await rejoin(stack, n1.url, token(meeting_id, "bob"))
                 await alice.wait_for("peer:joined", empId="bob")
 
                 n0.terminate()
@@ -136,8 +121,8 @@ async def test_sigterm_drains_a_node_its_peers_continue_on_another(tmp_path, red
 
             # Without waiting for node 0's registration to expire: it gave the room back.
             async with AsyncExitStack() as stack:
-                bob = await _rejoin(stack, n1.url, token(meeting_id, "bob"))
-                alice = await _rejoin(stack, n1.url, token(meeting_id, "alice", Role.HOST))
+                bob = await rejoin(stack, n1.url, token(meeting_id, "bob"))
+                alice = await rejoin(stack, n1.url, token(meeting_id, "alice", Role.HOST))
                 await bob.wait_for("peer:joined", empId="alice")
             store = SqlStore(f"sqlite:///{tmp_path / 'meshroom.db'}")
             await store.open()

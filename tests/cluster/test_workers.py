@@ -14,12 +14,11 @@ from _redis import free_port
 from _servers import API_KEY, SECRET
 
 from meshroom import Role
-from meshroom.client import connect
 from meshroom.cluster import open_client
 from meshroom.store import SqlStore
 
 from .harness import DEADLINE
-from .processes import token
+from .processes import rejoin, token
 
 
 async def test_two_workers_share_the_port_and_serve_one_meeting(tmp_path, redis):
@@ -32,7 +31,6 @@ async def test_two_workers_share_the_port_and_serve_one_meeting(tmp_path, redis)
         "MESHROOM_API_KEYS": API_KEY,
         "MESHROOM_REDIS_URL": redis.url,
         "MESHROOM_NODE_ID": "box",
-        "MESHROOM_NODE_TTL": "1",
         "MESHROOM_CLOSE_TIMEOUT": "2",
     }
     parent = await trio.lowlevel.open_process(
@@ -77,13 +75,10 @@ async def test_two_workers_share_the_port_and_serve_one_meeting(tmp_path, redis)
             url = f"ws://127.0.0.1:{port}/meetings"
             names = [f"p{i}" for i in range(8)]
             async with AsyncExitStack() as stack:
+                roles = [Role.HOST] + [Role.PARTICIPANT] * (len(names) - 1)
                 peers = [
-                    await stack.enter_async_context(
-                        connect(
-                            url, token(meeting_id, name, Role.HOST if i == 0 else Role.PARTICIPANT)
-                        )
-                    )
-                    for i, name in enumerate(names)
+                    await rejoin(stack, url, token(meeting_id, name, role))
+                    for name, role in zip(names, roles, strict=True)
                 ]
                 await peers[0].wait_for("peer:joined", empId=names[-1])
                 # Whichever worker each landed on, the first and the last signal.
