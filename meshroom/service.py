@@ -97,7 +97,7 @@ class MeetingService:
         meeting = await self.find(ref)
         if self.hub is not None:
             return await self.hub.end_meeting(meeting.id, by=by)
-        return await self.store.transition(meeting.id, MeetingStatus.ENDED)
+        return await self.store.transition(meeting.id, MeetingStatus.ENDED, by=by)
 
     async def issue_token(
         self,
@@ -144,12 +144,12 @@ class MeetingService:
             )
         return meeting
 
-    async def unban(self, ref: str, emp_id: str) -> bool:
+    async def unban(self, ref: str, emp_id: str, *, by: str | None = None) -> bool:
         """Lift a ban (with a hub, also a kick's rejoin block); True if there was a ban."""
         meeting = await self.find(ref)
         if self.hub is not None:
-            return await self.hub.controls.unban(meeting.id, emp_id)
-        return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id)
+            return await self.hub.controls.unban(meeting.id, emp_id, by=by)
+        return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id, by=by)
 
     async def bans(self, ref: str) -> list[Ban]:
         meeting = await self.find(ref)
