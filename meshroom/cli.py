@@ -71,6 +71,8 @@ def _metavar(name: str, info: FieldInfo) -> str:
     kind = info.annotation
     if name == "http_port":
         return f"PORT|{OFF}"
+    if name == "webhooks":
+        return "JSON"
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return "|".join(str(member.value) for member in kind)
     if get_origin(kind) is Literal:

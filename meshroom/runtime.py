@@ -9,12 +9,14 @@ metrics wiring.
 Task tree::
 
     open_runtime                 (a nursery of its own, for the block)
+    ├── WebhookDeliverer.run     drains the webhook outbox (a nursery of attempts)
     └── Hub.run                  the leave writer, heartbeats, and every room
         └── Room.run             a nursery of the room's peers' tasks
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +30,12 @@ from .metrics import Metrics
 from .service import MeetingService
 from .store import SqlStore, StoreError
 from .store.journal import Journal, replay
+from .webhooks import (
+    WebhookConfigError,
+    WebhookDeliverer,
+    WebhookService,
+    sync_configured_endpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ class Runtime:
     hub: Hub
     metrics: Metrics
     service: MeetingService
+    webhooks: WebhookService
+    deliverer: WebhookDeliverer
 
 
 @asynccontextmanager
@@ -66,6 +76,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ) from None
     journal = Journal(path) if (path := settings.journal_path()) else None
     try:
+        # Before anything below writes events (the journal's leaves, crash recovery), so
+        # that the configured endpoints get them.
+        await _configure_webhooks(store, settings)
         if journal is not None:
             try:
                 await journal.open()
@@ -82,10 +95,24 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         metrics = Metrics()
         metrics.observe(hub)
         store.on_call = metrics.db_call
+        deliverer = WebhookDeliverer(
+            store, settings.delivery_config(), on_attempt=metrics.webhook_attempt
+        )
+        # Events this process commits wake the worker at once (others' are polled for).
+        store.on_outbox_write = deliverer.wake
         async with trio.open_nursery() as nursery:
+            await nursery.start(deliverer.run)
             await nursery.start(hub.run)
             try:
-                yield Runtime(settings, store, hub, metrics, MeetingService(store, keys, hub))
+                yield Runtime(
+                    settings,
+                    store,
+                    hub,
+                    metrics,
+                    MeetingService(store, keys, hub),
+                    WebhookService(store),
+                    deliverer,
+                )
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(
                     settings.close_timeout + 5
@@ -93,6 +120,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                     await hub.shutdown()
                 nursery.cancel_scope.cancel()
     finally:
+        store.on_outbox_write = None
         with trio.CancelScope(shield=True):
             if journal is not None:
                 await journal.close()
@@ -114,6 +142,16 @@ def open_store(settings: Settings) -> SqlStore:
         ) from None
     except Exception as exc:
         raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
+
+
+async def _configure_webhooks(store: SqlStore, settings: Settings) -> None:
+    """Sync the settings' webhook endpoints into the database (ConfigError if unusable)."""
+    try:
+        await sync_configured_endpoints(
+            store, settings.webhook_endpoints(), now=dt.datetime.now(dt.UTC)
+        )
+    except WebhookConfigError as exc:
+        raise ConfigError(f"{settings.named('webhooks')}: {exc}") from None
 
 
 async def recover_attendance(store: SqlStore) -> None:
