@@ -76,12 +76,7 @@ class MeetingService:
         Raises:
             MeetingNotFound
         """
-        code = normalize_room_code(ref)
-        meeting = await self.store.get_meeting_by_code(code) if code else None
-        meeting = meeting or await self.store.get_meeting(ref)
-        if meeting is None:
-            raise MeetingNotFound(ref)
-        return meeting
+        return await find_meeting(self.store, ref)
 
     async def list_meetings(
         self, *, status: MeetingStatus | None = None, limit: int = 50, offset: int = 0
@@ -163,6 +158,16 @@ class MeetingService:
         self, emp_id: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None
     ) -> list[AttendanceRecord]:
         return await self.store.attendance_for_employee(emp_id, since=since, until=until)
+
+
+async def find_meeting(store: Store, ref: str) -> Meeting:
+    """A meeting by id or room code (as a person types it). Raises MeetingNotFound."""
+    code = normalize_room_code(ref)
+    meeting = await store.get_meeting_by_code(code) if code else None
+    meeting = meeting or await store.get_meeting(ref)
+    if meeting is None:
+        raise MeetingNotFound(ref)
+    return meeting
 
 
 def attendance_totals(

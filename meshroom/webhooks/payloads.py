@@ -173,6 +173,8 @@ class ParticipantBannedEvent(_Event):
 
 
 class ParticipantUnbannedEvent(_Event):
+    """A ban was lifted: the employee may join again."""
+
     type: Literal["participant.unbanned"]
     data: UnbannedData
 
