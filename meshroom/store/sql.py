@@ -746,12 +746,7 @@ class SqlStore:
 
     def _webhook_targets(self, conn: Connection) -> _Targets:
         """The enabled endpoints, read in the writing transaction (none: nothing is written)."""
-        rows = conn.execute(
-            sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
-                webhook_endpoints.c.enabled.is_(True)
-            )
-        ).all()
-        return [(row.id, _event_types(row.event_types)) for row in rows]
+        return [(row.id, _event_types(row.event_types)) for row in conn.execute(_TARGETS)]
 
     def _lock_meetings(self, conn: Connection, meeting_ids: Iterable[str]) -> None:
         """Hold these meetings' rows (PostgreSQL; SQLite has one writer) until commit.
@@ -808,13 +803,9 @@ class SqlStore:
             return
         # One statement for all of them; sort_by_parameter_order makes the returned seqs
         # line up with the rows, which are numbered in the order given.
-        inserted = conn.execute(
-            webhook_events.insert().returning(webhook_events.c.seq, sort_by_parameter_order=True),
-            rows,
-        )
-        seqs = [int(seq) for seq in inserted.scalars()]
+        seqs = [int(seq) for seq in conn.execute(_INSERT_EVENTS, rows).scalars()]
         conn.execute(
-            webhook_deliveries.insert(),
+            _INSERT_DELIVERIES,
             [
                 {
                     "event_seq": seq,
@@ -1148,6 +1139,15 @@ def _utc_required(value: dt.datetime) -> dt.datetime:
     assert result is not None
     return result
 
+
+# Built once: these run in every writing transaction (the first one even without webhooks).
+_TARGETS = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
+    webhook_endpoints.c.enabled.is_(True)
+)
+_INSERT_EVENTS = webhook_events.insert().returning(
+    webhook_events.c.seq, sort_by_parameter_order=True
+)
+_INSERT_DELIVERIES = webhook_deliveries.insert()
 
 # What closing an attendance row reads of it (for the webhook events that describe it).
 _CLOSING_COLUMNS = (
