@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -78,6 +79,10 @@ _CHUNK = 1000
 # Seconds a new PostgreSQL connection may take; past it the store is unavailable.
 PG_CONNECT_TIMEOUT = 5
 
+# Seconds "no webhook endpoint is enabled" is believed without asking the database again:
+# writing transactions then skip the endpoints query (a round trip on PostgreSQL). This
+# process's own endpoint changes end it at once; another process's show within this.
+NO_ENDPOINTS_TTL = 2.0
 # Set in a connection's info by a transaction that wrote webhook events.
 _OUTBOX_WRITTEN = "meshroom_outbox_written"
 # The enabled webhook endpoints as a writing transaction sees them: (id, wanted types or None).
@@ -153,6 +158,7 @@ class SqlStore:
         # deliveries due: the delivery worker's wake-up.
         self.on_outbox_write: Callable[[], None] | None = None
         self._outbox_dirty = False  # set by a worker thread after such a commit
+        self._no_endpoints_until = 0.0  # time.monotonic(); see NO_ENDPOINTS_TTL
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(_translate_errors(fn), *args, **kwargs)
@@ -745,8 +751,18 @@ class SqlStore:
     # The webhook outbox, written by the transactions above
 
     def _webhook_targets(self, conn: Connection) -> _Targets:
-        """The enabled endpoints, read in the writing transaction (none: nothing is written)."""
-        return [(row.id, _event_types(row.event_types)) for row in conn.execute(_TARGETS)]
+        """The enabled endpoints, read in the writing transaction (none: nothing is written).
+
+        While there are none, that is remembered for NO_ENDPOINTS_TTL, so a server without
+        webhooks does not pay a query per join; while there are some, they are read in
+        every transaction, so events go to exactly the endpoints enabled at its commit.
+        """
+        if time.monotonic() < self._no_endpoints_until:
+            return []
+        targets = [(row.id, _event_types(row.event_types)) for row in conn.execute(_TARGETS)]
+        if not targets:
+            self._no_endpoints_until = time.monotonic() + NO_ENDPOINTS_TTL
+        return targets
 
     def _lock_meetings(self, conn: Connection, meeting_ids: Iterable[str]) -> None:
         """Hold these meetings' rows (PostgreSQL; SQLite has one writer) until commit.
@@ -851,6 +867,7 @@ class SqlStore:
             "description": endpoint.description,
         }
         where = webhook_endpoints.c.id == endpoint.id
+        self._no_endpoints_until = 0.0
         with self._begin() as conn:
             if not conn.execute(webhook_endpoints.update().where(where).values(**values)).rowcount:
                 conn.execute(

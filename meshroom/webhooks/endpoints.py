@@ -33,6 +33,15 @@ class WebhookConfigError(ValueError):
     """Configured endpoints that cannot work (the message says which and why)."""
 
 
+def shown_url(url: str) -> str:
+    """The URL for a log line: a password in it (https://user:pass@host/...) hidden."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def check_url(url: str) -> str:
     """``url`` if it is an http(s) URL with a host; ValueError saying why if not."""
     if len(url) > MAX_URL_LENGTH:
@@ -146,7 +155,11 @@ async def sync_configured_endpoints(
         )
         if endpoint != current:
             await store.put_webhook_endpoint(endpoint)
-            log.info("webhook endpoint %s (%s) configured from settings", endpoint_id, item.url)
+            log.info(
+                "webhook endpoint %s (%s) configured from settings",
+                endpoint_id,
+                shown_url(item.url),
+            )
     for endpoint in existing.values():
         if (
             endpoint.source is EndpointSource.SETTINGS
@@ -159,5 +172,5 @@ async def sync_configured_endpoints(
                 "webhook endpoint %s (%s) is no longer in the settings: disabled "
                 "(its pending deliveries wait until it is configured again)",
                 endpoint.id,
-                endpoint.url,
+                shown_url(endpoint.url),
             )
