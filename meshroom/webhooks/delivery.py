@@ -239,8 +239,16 @@ class WebhookDeliverer:
     ) -> tuple[int | None, str | None]:
         """One POST; (status code, None) when delivered, else (status or None, why not)."""
         delivery = claimed.delivery
-        content = payloads.body(delivery)
-        headers = signed_headers(claimed.secret, delivery.event_id, utcnow(), content)
+        try:
+            content = payloads.body(delivery)
+            headers = signed_headers(claimed.secret, delivery.event_id, utcnow(), content)
+        except Exception as exc:  # a secret edited into something unusable, say
+            log.exception(
+                "webhook %s: cannot sign it for endpoint %s",
+                delivery.event_id,
+                delivery.endpoint_id,
+            )
+            return None, _one_line(f"cannot sign: {type(exc).__name__}: {exc}")
         headers["content-type"] = "application/json"
         # httpx's timeout bounds each read; this bounds the whole exchange (a receiver
         # dribbling its answer byte by byte cannot hold a slot past it).

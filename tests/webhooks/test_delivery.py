@@ -245,3 +245,28 @@ async def test_a_disabled_endpoint_gets_nothing_and_an_event_filter_is_honoured(
     assert [(d.endpoint_id, d.event_type.value) for d in deliveries] == [
         ("joins-only", "participant.joined")
     ]
+
+
+async def test_an_unusable_endpoint_fails_on_its_own_and_the_others_still_get_theirs(sqlite_url):
+    """A secret or URL edited into nonsense (the API refuses both; a database edit does not)
+    makes that endpoint's deliveries fail and go dead; the worker and the rest go on."""
+    async with receiving() as receiver:
+        endpoints = [
+            endpoint(receiver.url, "good"),
+            endpoint(receiver.url, "bad-secret", secret="whsec_not base64!"),
+            endpoint("http://127.0.0.1:99999/hooks", "bad-port"),
+        ]
+        with trio.fail_after(TIMEOUT):
+            async with running_outbox(sqlite_url, receiver, endpoints=endpoints) as outbox:
+                await outbox.live_meeting()
+                await outbox.settled()
+                deliveries, _ = await outbox.store.list_webhook_deliveries()
+    outcome = {d.endpoint_id: (d.status, d.attempts, d.last_error) for d in deliveries}
+    assert outcome["good"] == (DeliveryStatus.DELIVERED, 1, None)
+    status, attempts, error = outcome["bad-secret"]
+    assert (status, attempts) == (DeliveryStatus.DEAD, FAST.max_attempts)
+    assert error is not None and error.startswith("cannot sign:")
+    status, attempts, error = outcome["bad-port"]
+    assert (status, attempts) == (DeliveryStatus.DEAD, FAST.max_attempts)
+    assert error == "ConnectError: all attempts to connect to 127.0.0.1:99999 failed"
+    assert [r.type for r in receiver.requests] == ["meeting.started"]
