@@ -268,5 +268,33 @@ async def test_an_unusable_endpoint_fails_on_its_own_and_the_others_still_get_th
     assert error is not None and error.startswith("cannot sign:")
     status, attempts, error = outcome["bad-port"]
     assert (status, attempts) == (DeliveryStatus.DEAD, FAST.max_attempts)
-    assert error == "ConnectError: all attempts to connect to 127.0.0.1:99999 failed"
+    assert error is not None and error.startswith("ConnectError: ")
     assert [r.type for r in receiver.requests] == ["meeting.started"]
+
+
+async def test_a_worker_stopped_mid_attempt_hands_the_delivery_back(sqlite_url):
+    """A clean shutdown while an endpoint has not answered: the delivery is pending again at
+    once, that attempt uncounted, not left leased until the lease runs out."""
+    import datetime as dt
+
+    receiver = Receiver(hang)
+    async with receiving(receiver):
+        with trio.fail_after(TIMEOUT):
+            async with running_outbox(sqlite_url, receiver) as outbox:
+                await outbox.live_meeting()
+                await receiver.until(lambda r: len(r.requests) == 1)
+            # The worker was cancelled with its attempt in flight.
+            store = outbox.store
+            await store.open()
+            try:
+                (delivery,), _ = await store.list_webhook_deliveries()
+                assert delivery.status is DeliveryStatus.PENDING and delivery.attempts == 0
+                claim = await store.claim_webhook_deliveries(
+                    limit_per_endpoint=1,
+                    in_flight={},
+                    now=dt.datetime.now(dt.UTC),
+                    lease=dt.timedelta(seconds=30),
+                )
+                assert [c.delivery.id for c in claim.deliveries] == [delivery.id]
+            finally:
+                await store.close()
