@@ -21,6 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,12 +31,10 @@ from .metrics import Metrics
 from .service import MeetingService
 from .store import SqlStore, StoreError
 from .store.journal import Journal, replay
-from .webhooks import (
-    WebhookConfigError,
-    WebhookDeliverer,
-    WebhookService,
-    sync_configured_endpoints,
-)
+from .webhooks import WebhookConfigError, WebhookService, sync_configured_endpoints
+
+if TYPE_CHECKING:
+    from .webhooks.delivery import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         metrics = Metrics()
         metrics.observe(hub)
         store.on_call = metrics.db_call
+        # Imported here: the CLI's one-shot commands import this module, not the HTTP client.
+        from .webhooks.delivery import WebhookDeliverer
+
         deliverer = WebhookDeliverer(
             store, settings.delivery_config(), on_attempt=metrics.webhook_attempt
         )
