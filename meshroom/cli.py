@@ -29,8 +29,18 @@ from .config import OFF, ConfigError, Settings, env_name, flag_name
 from .roles import Role
 from .runtime import open_store
 from .server import Server, wait_for_signal
-from .service import MeetingService
-from .store import InvalidTransition, Meeting, MeetingNotFound, MeetingStatus, StoreError
+from .service import MeetingService, find_meeting
+from .store import (
+    InvalidTransition,
+    Meeting,
+    MeetingNotFound,
+    MeetingStatus,
+    SqlStore,
+    StoreError,
+)
+from .store.base import DeliveryNotFound, DeliveryStatus, WebhookDelivery
+from .webhooks import DeliveryInFlight, WebhookService
+from .webhooks.payloads import envelope
 
 EXIT_USAGE = 2  # a bad command line, flag, variable or settings file: nothing was started
 EXIT_FAILURE = 1  # the command ran and failed (database, port in use, server refused...)
@@ -73,6 +83,8 @@ def _metavar(name: str, info: FieldInfo) -> str:
     kind = info.annotation
     if name == "http_port":
         return f"PORT|{OFF}"
+    if name == "webhooks":
+        return "JSON"
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return "|".join(str(member.value) for member in kind)
     if get_origin(kind) is Literal:
@@ -82,6 +94,11 @@ def _metavar(name: str, info: FieldInfo) -> str:
     if kind is int:
         return "PORT" if name.endswith("port") else "N"
     return name.split("_")[-1].upper()
+
+
+def _escaped(text: str) -> str:
+    """Help text as argparse takes it: it %-formats help, so a literal % is doubled."""
+    return text.replace("%", "%%")
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -95,7 +112,7 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
                 dest=name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{info.description} [{env_name(name)}=1 or 0; default: {default}]",
+                help=_escaped(f"{info.description} [{env_name(name)}=1 or 0; default: {default}]"),
             )
             continue
         # Values stay text here: Settings checks type, bounds and cross-field rules in
@@ -105,7 +122,7 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str]) -> None
             dest=name,
             default=None,
             metavar=_metavar(name, info),
-            help=f"{info.description} [{env_name(name)}; default: {default}]",
+            help=_escaped(f"{info.description} [{env_name(name)}; default: {default}]"),
         )
 
 
@@ -212,6 +229,36 @@ def build_parser() -> argparse.ArgumentParser:
     db_current.set_defaults(run=cmd_db_current)
     for sub in (db_upgrade, db_current):
         _add_settings(sub, ["database_url", "log_level"])
+
+    webhooks = commands.add_parser(
+        "webhooks", help="webhook deliveries and endpoints: list them, retry deliveries"
+    )
+    webhook_commands = webhooks.add_subparsers(
+        dest="webhooks_command", required=True, metavar="ACTION"
+    )
+    deliveries = webhook_commands.add_parser("list", help="webhook deliveries, newest first")
+    deliveries.add_argument("--status", choices=[s.value for s in DeliveryStatus])
+    deliveries.add_argument("--endpoint", metavar="ENDPOINT_ID")
+    deliveries.add_argument("--meeting", metavar="MEETING", help="meeting id or room code")
+    deliveries.add_argument("--limit", type=_positive_int, default=50)
+    deliveries.set_defaults(run=cmd_webhooks_list)
+    retry = webhook_commands.add_parser(
+        "retry",
+        help="send deliveries again now (a running server picks them up within its "
+        "webhook poll interval): by id, or every dead one with --dead",
+    )
+    retry.add_argument("ids", nargs="*", type=_positive_int, metavar="DELIVERY_ID")
+    retry.add_argument("--dead", action="store_true", help="every dead delivery")
+    retry.add_argument("--endpoint", metavar="ENDPOINT_ID", help="with --dead: only its")
+    retry.set_defaults(run=cmd_webhooks_retry, check_args=_check_retry_args)
+    endpoints = webhook_commands.add_parser(
+        "endpoints", help="webhook endpoints (settings and API ones; secrets not shown)"
+    )
+    endpoints.set_defaults(run=cmd_webhooks_endpoints)
+    for sub in (deliveries, endpoints):
+        sub.add_argument("--json", action="store_true", help="print JSON, one object a line")
+    for sub in (deliveries, retry, endpoints):
+        _add_settings(sub, ["database_url", "db_pool_size", "log_level"])
 
     for sub in (
         create,
@@ -633,6 +680,121 @@ def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
     return trio.run(work)
 
 
+async def _with_webhooks(
+    settings: Settings, work: Callable[[WebhookService, SqlStore], Awaitable[int]]
+) -> int:
+    store = open_store(settings)
+    try:
+        await store.open()
+        return await work(WebhookService(store), store)
+    finally:
+        await store.close()
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+    def iso(value: dt.datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": delivery.id,
+        "endpointId": delivery.endpoint_id,
+        "eventId": delivery.event_id,
+        "eventType": delivery.event_type.value,
+        "meetingId": delivery.meeting_id,
+        "status": delivery.status.value,
+        "attempts": delivery.attempts,
+        "nextAttemptAt": iso(delivery.next_attempt_at),
+        "lastAttemptAt": iso(delivery.last_attempt_at),
+        "lastStatusCode": delivery.last_status_code,
+        "lastError": delivery.last_error,
+        "deliveredAt": iso(delivery.delivered_at),
+        "payload": envelope(delivery),
+    }
+
+
+def cmd_webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(webhooks: WebhookService, store: SqlStore) -> int:
+        meeting_id = (await find_meeting(store, args.meeting)).id if args.meeting else None
+        found, total = await webhooks.deliveries(
+            status=DeliveryStatus(args.status) if args.status else None,
+            endpoint_id=args.endpoint,
+            meeting_id=meeting_id,
+            limit=args.limit,
+        )
+        for delivery in found:
+            if args.json:
+                print(json.dumps(delivery_json(delivery)))
+                continue
+            when = delivery.delivered_at or delivery.last_attempt_at or delivery.next_attempt_at
+            print(
+                f"{delivery.id:>6}  {delivery.status.value:9}  {delivery.attempts:>3}  "
+                f"{delivery.event_type.value:24}  {delivery.endpoint_id}  "
+                f"{when.isoformat(timespec='seconds')}  {delivery.last_error or ''}".rstrip()
+            )
+        if not args.json and total > len(found):
+            print(f"({len(found)} of {total}; --limit shows more)")
+        return 0
+
+    return trio.run(_with_webhooks, settings, work)
+
+
+def _check_retry_args(args: argparse.Namespace) -> str | None:
+    if bool(args.ids) == bool(args.dead):
+        return "webhooks retry: name the deliveries (DELIVERY_ID ...) or pass --dead"
+    if args.endpoint and not args.dead:
+        return "webhooks retry: --endpoint goes with --dead (a delivery id names its endpoint)"
+    return None
+
+
+def cmd_webhooks_retry(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(webhooks: WebhookService, _store: SqlStore) -> int:
+        if args.dead:
+            retried = await webhooks.retry_many(endpoint_id=args.endpoint)
+            print(f"retried {retried} dead delivery(ies)")
+            return 0
+        problems = []
+        for delivery_id in args.ids:
+            try:
+                await webhooks.retry(delivery_id)
+            except DeliveryNotFound:
+                problems.append(f"no webhook delivery {delivery_id}")
+            except DeliveryInFlight as exc:
+                problems.append(str(exc))
+            else:
+                print(f"retried delivery {delivery_id}")
+        if problems:
+            raise CommandError("; ".join(problems))
+        return 0
+
+    return trio.run(_with_webhooks, settings, work)
+
+
+def cmd_webhooks_endpoints(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(webhooks: WebhookService, _store: SqlStore) -> int:
+        for endpoint in await webhooks.endpoints():
+            types = sorted(endpoint.event_types) if endpoint.event_types is not None else None
+            if args.json:
+                item = {
+                    "id": endpoint.id,
+                    "url": endpoint.url,
+                    "eventTypes": types,
+                    "source": endpoint.source.value,
+                    "enabled": endpoint.enabled,
+                    "description": endpoint.description,
+                    "createdAt": endpoint.created_at.isoformat(),
+                }
+                print(json.dumps(item))
+                continue
+            state = "enabled" if endpoint.enabled else "disabled"
+            print(
+                f"{endpoint.id}  {endpoint.source.value:8}  {state:8}  {endpoint.url}  "
+                f"{','.join(types) if types else '(every event type)'}"
+            )
+        return 0
+
+    return trio.run(_with_webhooks, settings, work)
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions a (nested) exception group holds; trio nurseries wrap errors in them."""
     if isinstance(exc, BaseExceptionGroup):
@@ -646,6 +808,8 @@ def _message(exc: BaseException) -> str | None:
         return str(exc)
     if isinstance(exc, MeetingNotFound):
         return f"no meeting with id or room code {str(exc) or repr('')}"
+    if isinstance(exc, DeliveryNotFound):
+        return f"no webhook delivery {exc}"
     if isinstance(exc, StoreError):
         return f"database: {exc}"
     return None
@@ -688,7 +852,11 @@ def _configure_logging(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = getattr(args, "check_args", lambda _args: None)(args)
+    if problem is not None:
+        parser.error(problem)
     # First every flag, variable and settings file, before a port or a database is touched.
     try:
         settings = _settings(args)

@@ -38,6 +38,12 @@ from .core import DuplicatePolicy, HubConfig
 from .core.attendance import AttendanceConfig
 from .core.limits import OriginPolicy
 from .ice import DEFAULT_STUN_URLS, IceConfig
+from .webhooks import (
+    ConfiguredEndpoint,
+    DeliveryConfig,
+    WebhookConfigError,
+    parse_configured_endpoints,
+)
 
 if TYPE_CHECKING:
     from .cluster import ClusterConfig
@@ -52,7 +58,15 @@ JWT_ALGORITHMS = tuple(sorted(SYMMETRIC_ALGORITHMS)) + tuple(sorted(ASYMMETRIC_A
 # Settings whose value must never be echoed back in an error message (a database URL
 # may hold a password).
 _SECRET_SETTINGS = frozenset(
-    {"api_keys", "secret", "turn_secret", "turn_credential", "database_url", "redis_url"}
+    {
+        "api_keys",
+        "secret",
+        "turn_secret",
+        "turn_credential",
+        "database_url",
+        "redis_url",
+        "webhooks",
+    }
 )
 
 
@@ -323,6 +337,44 @@ class Settings(BaseSettings):
         default=False,
         description="bind with SO_REUSEPORT so that processes share the ports (--workers sets it)",
     )
+    webhooks: str | None = Field(
+        default=None,
+        description='webhook endpoints, a JSON list: [{"url": "https://…", "secret": '
+        '"whsec_…", "eventTypes": […]}] (docs/webhooks.md)',
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a webhook endpoint has to answer (2xx)"
+    )
+    webhook_max_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="attempts per webhook delivery before it is dead (kept; `meshroom "
+        "webhooks retry` sends it again)",
+    )
+    webhook_retry_initial: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds before a failed webhook delivery is retried; doubled per "
+        "attempt, ±20% jitter",
+    )
+    webhook_retry_max: float = Field(
+        default=7200.0, gt=0, description="longest wait between webhook retries, seconds"
+    )
+    webhook_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="webhook deliveries in flight per endpoint (a meeting's events still go "
+        "one at a time, in order)",
+    )
+    webhook_poll_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between looks for webhook deliveries other processes made due "
+        "(the CLI's retry)",
+    )
+    webhook_retention_days: float = Field(
+        default=7.0, ge=0, description="days delivered webhooks stay listed; 0 = forever"
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # How the user gave each setting that came from a variable, so that errors found
@@ -429,6 +481,17 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_endpoints(cls, value: str | None) -> str | None:
+        try:
+            parse_configured_endpoints(value)
+        except WebhookConfigError as exc:
+            raise PydanticCustomError(
+                "meshroom_webhooks", "{problem}", {"problem": str(exc)}
+            ) from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.heartbeat_interval > 0 and not self.heartbeat_timeout > 0:
@@ -438,6 +501,11 @@ class Settings(BaseSettings):
             )
         if self.rate_limit > 0 and self.rate_burst < 1:
             raise _cross("rate_burst", "{rate_burst} must be at least 1 when {rate_limit} is on")
+        if self.webhook_retry_initial > self.webhook_retry_max:
+            raise _cross(
+                "webhook_retry_initial",
+                "{webhook_retry_initial} cannot be longer than {webhook_retry_max}",
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             given = "tls_cert" if self.tls_cert else "tls_key"
             raise _cross(given, "TLS needs both {tls_cert} and {tls_key}")
@@ -491,6 +559,21 @@ class Settings(BaseSettings):
                 value = "1" if value else "0"
             variables[env_name(name)] = str(getattr(value, "value", value))
         return variables
+
+    def webhook_endpoints(self) -> list[ConfiguredEndpoint]:
+        """The endpoints of ``webhooks`` (checked when the settings were built)."""
+        return parse_configured_endpoints(self.webhooks)
+
+    def delivery_config(self) -> DeliveryConfig:
+        return DeliveryConfig(
+            timeout=self.webhook_timeout,
+            max_attempts=self.webhook_max_attempts,
+            retry_initial=self.webhook_retry_initial,
+            retry_max=self.webhook_retry_max,
+            concurrency=self.webhook_concurrency,
+            poll_interval=self.webhook_poll_interval,
+            retention=self.webhook_retention_days * 86400.0,
+        )
 
     def journal_path(self) -> str | None:
         """The attendance journal's file, or None when it is off."""

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from .core import Hub, events
 from .protocol import LeaveReason
+from .webhooks import Attempt
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,6 +55,21 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "meshroom_webhook_deliveries",
+            "Webhook delivery attempts, by endpoint, event type and outcome: delivered, "
+            "failed (to be retried) or dead (the last attempt failed)",
+            ["endpoint", "event_type", "outcome"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "meshroom_webhook_delivery_seconds",
+            "Duration of webhook delivery attempts (until the endpoint answered or the "
+            "attempt failed), by endpoint",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         # Resolved once: labelled children are looked up per message otherwise.
         self._left = {reason: self.leaves.labels(reason.value) for reason in LeaveReason}
 
@@ -90,6 +106,12 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()
+
+    def webhook_attempt(self, attempt: Attempt) -> None:
+        self.webhook_deliveries.labels(
+            attempt.endpoint_id, attempt.event_type, attempt.outcome
+        ).inc()
+        self.webhook_latency.labels(attempt.endpoint_id).observe(attempt.seconds)
 
     def db_call(self, operation: str, seconds: float) -> None:
         self.db_latency.labels(operation).observe(seconds)

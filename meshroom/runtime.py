@@ -13,6 +13,7 @@ the service layer's host controls reach whichever node runs the room.
 Task tree::
 
     open_runtime                 (a nursery of its own, for the block)
+    ├── WebhookDeliverer.run     drains the webhook outbox (a nursery of attempts)
     ├── Hub.run                  the leave writer, heartbeats, and every room
     │   └── Room.run             a nursery of the room's peers' tasks
     └── ClusterNode.run          (with redis_url) leases, relay, commands, recovery
@@ -35,6 +36,10 @@ from .metrics import Metrics
 from .service import MeetingService
 from .store import SqlStore, StoreError
 from .store.journal import Journal, replay
+from .webhooks import WebhookConfigError, WebhookService, sync_configured_endpoints
+
+if TYPE_CHECKING:
+    from .webhooks.delivery import WebhookDeliverer
 
 if TYPE_CHECKING:
     from .cluster import ClusterNode
@@ -51,6 +56,8 @@ class Runtime:
     hub: Hub
     metrics: Metrics
     service: MeetingService
+    webhooks: WebhookService
+    deliverer: WebhookDeliverer
     cluster: ClusterNode | None = None
 
     async def shutdown(self) -> None:
@@ -90,6 +97,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ) from None
     journal = Journal(path) if (path := settings.journal_path()) else None
     try:
+        # Before anything below writes events (the journal's leaves, crash recovery), so
+        # that the configured endpoints get them.
+        await _configure_webhooks(store, settings)
         if journal is not None:
             try:
                 await journal.open()
@@ -110,6 +120,14 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         metrics = Metrics()
         metrics.observe(hub)
         store.on_call = metrics.db_call
+        # Imported here: the CLI's one-shot commands import this module, not the HTTP client.
+        from .webhooks.delivery import WebhookDeliverer
+
+        deliverer = WebhookDeliverer(
+            store, settings.delivery_config(), on_attempt=metrics.webhook_attempt
+        )
+        # Events this process commits wake the worker at once (others' are polled for).
+        store.on_outbox_write = deliverer.wake
         async with AsyncExitStack() as stack:
             client = None
             if cluster is not None and settings.redis_url is not None:
@@ -125,6 +143,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                         f"({settings.named('redis_url')}): {exc}"
                     ) from None
             async with trio.open_nursery() as nursery:
+                await nursery.start(deliverer.run)
                 await nursery.start(hub.run)
                 node = None
                 rooms: Any = hub
@@ -139,7 +158,14 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                         "cluster node %s (Redis %s)", cluster.node_id, safe_redis_url(client.url)
                     )
                 runtime = Runtime(
-                    settings, store, hub, metrics, MeetingService(store, keys, rooms), node
+                    settings,
+                    store,
+                    hub,
+                    metrics,
+                    MeetingService(store, keys, rooms),
+                    WebhookService(store),
+                    deliverer,
+                    node,
                 )
                 try:
                     yield runtime
@@ -151,6 +177,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                         await runtime.shutdown()
                     nursery.cancel_scope.cancel()
     finally:
+        store.on_outbox_write = None
         with trio.CancelScope(shield=True):
             if journal is not None:
                 await journal.close()
@@ -172,6 +199,16 @@ def open_store(settings: Settings) -> SqlStore:
         ) from None
     except Exception as exc:
         raise ConfigError(f"invalid database URL {settings.database_url!r}: {exc}") from None
+
+
+async def _configure_webhooks(store: SqlStore, settings: Settings) -> None:
+    """Sync the settings' webhook endpoints into the database (ConfigError if unusable)."""
+    try:
+        await sync_configured_endpoints(
+            store, settings.webhook_endpoints(), now=dt.datetime.now(dt.UTC)
+        )
+    except WebhookConfigError as exc:
+        raise ConfigError(f"{settings.named('webhooks')}: {exc}") from None
 
 
 def _stale_after(settings: Settings) -> dt.timedelta:

@@ -60,7 +60,7 @@ class LiveRooms(Protocol):
         self, meeting_id: str, emp_id: str, *, by: str | None = None, reason: str | None = None
     ) -> None: ...
 
-    async def unban(self, meeting_id: str, emp_id: str) -> bool: ...
+    async def unban(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool: ...
 
     async def participants(self, meeting_id: str) -> list[dict[str, Any]]: ...
 
@@ -92,12 +92,7 @@ class MeetingService:
         Raises:
             MeetingNotFound
         """
-        code = normalize_room_code(ref)
-        meeting = await self.store.get_meeting_by_code(code) if code else None
-        meeting = meeting or await self.store.get_meeting(ref)
-        if meeting is None:
-            raise MeetingNotFound(ref)
-        return meeting
+        return await find_meeting(self.store, ref)
 
     async def list_meetings(
         self, *, status: MeetingStatus | None = None, limit: int = 50, offset: int = 0
@@ -113,7 +108,7 @@ class MeetingService:
         meeting = await self.find(ref)
         if self.hub is not None:
             return await self.hub.end_meeting(meeting.id, by=by)
-        return await self.store.transition(meeting.id, MeetingStatus.ENDED)
+        return await self.store.transition(meeting.id, MeetingStatus.ENDED, by=by)
 
     async def issue_token(
         self,
@@ -160,12 +155,12 @@ class MeetingService:
             )
         return meeting
 
-    async def unban(self, ref: str, emp_id: str) -> bool:
+    async def unban(self, ref: str, emp_id: str, *, by: str | None = None) -> bool:
         """Lift a ban (with a hub, also a kick's rejoin block); True if there was a ban."""
         meeting = await self.find(ref)
         if self.hub is not None:
-            return await self.hub.unban(meeting.id, emp_id)
-        return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id)
+            return await self.hub.unban(meeting.id, emp_id, by=by)
+        return await self.store.unban(meeting_id=meeting.id, emp_id=emp_id, by=by)
 
     async def bans(self, ref: str) -> list[Ban]:
         meeting = await self.find(ref)
@@ -179,6 +174,16 @@ class MeetingService:
         self, emp_id: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None
     ) -> list[AttendanceRecord]:
         return await self.store.attendance_for_employee(emp_id, since=since, until=until)
+
+
+async def find_meeting(store: Store, ref: str) -> Meeting:
+    """A meeting by id or room code (as a person types it). Raises MeetingNotFound."""
+    code = normalize_room_code(ref)
+    meeting = await store.get_meeting_by_code(code) if code else None
+    meeting = meeting or await store.get_meeting(ref)
+    if meeting is None:
+        raise MeetingNotFound(ref)
+    return meeting
 
 
 def attendance_totals(

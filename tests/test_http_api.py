@@ -713,6 +713,8 @@ async def test_every_documented_endpoint_requires_the_key(server, api):
                 path.replace("{ref}", meeting["id"])
                 .replace("{emp_id}", "bob")
                 .replace("{empId}", "bob")
+                .replace("{endpoint_id}", "ep_1")
+                .replace("{delivery_id}", "1")
             )
             assert "{" not in url, path
             for method in operations:
@@ -721,7 +723,7 @@ async def test_every_documented_endpoint_requires_the_key(server, api):
                 response = await anonymous.request(method.upper(), url, json={})
                 assert response.status_code == 401, (method, path)
                 count += 1
-        assert count == 13
+        assert count == 22
 
 
 async def test_several_api_keys_are_accepted(tmp_path):

@@ -351,6 +351,15 @@ API_OPERATIONS = {
     ("/api/meetings/{ref}/bans/{emp_id}", "delete"),
     ("/api/meetings/{ref}/attendance", "get"),
     ("/api/employees/{emp_id}/attendance", "get"),
+    ("/api/webhooks/endpoints", "get"),
+    ("/api/webhooks/endpoints", "post"),
+    ("/api/webhooks/endpoints/{endpoint_id}", "get"),
+    ("/api/webhooks/endpoints/{endpoint_id}", "patch"),
+    ("/api/webhooks/endpoints/{endpoint_id}", "delete"),
+    ("/api/webhooks/deliveries", "get"),
+    ("/api/webhooks/deliveries/{delivery_id}", "get"),
+    ("/api/webhooks/deliveries/{delivery_id}/retry", "post"),
+    ("/api/webhooks/deliveries/retry", "post"),
 }
 
 

@@ -27,6 +27,8 @@ def _loaded_after(statement: str) -> set[str]:
         ("import meshroom.client", HEAVY),
         ("import meshroom.core", HEAVY),
         ("import meshroom", ("trio", *HEAVY)),
+        # The webhook worker's HTTP client is for `meshroom serve`, not one-shot commands.
+        ("import meshroom.cli", ("httpx", "meshroom.webhooks.delivery")),
     ],
 )
 def test_an_import_loads_only_what_it_needs(statement: str, forbidden: tuple[str, ...]) -> None:

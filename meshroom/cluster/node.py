@@ -594,7 +594,7 @@ class ClusterNode:
             )
             return None
         if op == "unban":
-            return await hub.unban(meeting_id, str(args["emp"]))
+            return await hub.unban(meeting_id, str(args["emp"]), by=args.get("by"))
         if op == "participants":
             return await hub.participants(meeting_id)
         raise ValueError(f"unknown command {op!r}")

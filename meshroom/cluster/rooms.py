@@ -80,7 +80,7 @@ class ClusterRooms:
         if not done:
             if self.hub is not None:
                 return await self.hub.end_meeting(meeting_id, by=by)
-            return await self.store.transition(meeting_id, MeetingStatus.ENDED)
+            return await self.store.transition(meeting_id, MeetingStatus.ENDED, by=by)
         meeting = await self.store.get_meeting(meeting_id)
         if meeting is None:
             raise MeetingNotFound(meeting_id)
@@ -111,12 +111,12 @@ class ClusterRooms:
                 at=dt.datetime.now(dt.UTC),
             )
 
-    async def unban(self, meeting_id: str, emp_id: str) -> bool:
-        done, lifted = await self._on_owner(meeting_id, "unban", {"emp": emp_id})
+    async def unban(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool:
+        done, lifted = await self._on_owner(meeting_id, "unban", {"emp": emp_id, "by": by})
         if not done:
             if self.hub is not None:
-                return await self.hub.unban(meeting_id, emp_id)
-            return await self.store.unban(meeting_id=meeting_id, emp_id=emp_id)
+                return await self.hub.unban(meeting_id, emp_id, by=by)
+            return await self.store.unban(meeting_id=meeting_id, emp_id=emp_id, by=by)
         return bool(lifted)
 
     async def participants(self, meeting_id: str) -> list[dict[str, Any]]:

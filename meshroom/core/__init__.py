@@ -8,7 +8,7 @@ Where things live:
 * :mod:`.room` — membership, relay, a peer's task and its one teardown.
 * :mod:`.controls` — kick, ban, unban, roles, end: for hosts, the API and the CLI.
 * :mod:`.hub` — the registry of rooms and the entry point transports call.
-* :mod:`.events` — what the core reports (metrics, tests, later webhooks and cluster).
+* :mod:`.events` — what the core reports (metrics, tests, later a cluster relay).
 * :mod:`.attendance` — leaves and last-seen heartbeats, off the relay path.
 """
 

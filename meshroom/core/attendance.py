@@ -183,8 +183,10 @@ class LeaveWriter:
                 return False
             for leave in batch:
                 self._pending.pop(leave.attendance_id, None)
-            await self._forget_in_journal([leave.attendance_id for leave in batch])
+            # Before the next checkpoint: whoever sees the leaves gone from `pending`
+            # sees them counted in `written` too.
             self.written += written
+            await self._forget_in_journal([leave.attendance_id for leave in batch])
             if self._failing:
                 self._failing = False
                 log.warning(

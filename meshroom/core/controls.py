@@ -121,16 +121,18 @@ class HostControls:
             if room is not None:
                 await room.remove_and_wait(emp_id, lifecycle.banned(by))
 
-    async def unban(self, meeting_id: str, emp_id: str) -> bool:
+    async def unban(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool:
         """Lift a ban (and a kick's rejoin block). True if there was a ban."""
         self._recently_kicked.pop((meeting_id, emp_id), None)
-        return await self.store.unban(meeting_id=meeting_id, emp_id=emp_id)
+        return await self.store.unban(meeting_id=meeting_id, emp_id=emp_id, by=by)
 
     async def set_role(
         self, meeting_id: str, emp_id: str, role: Role, *, reason: str, by: str | None
     ) -> None:
         """Persist a role override; a member present now gets it at once."""
-        await self.store.set_role_override(meeting_id=meeting_id, emp_id=emp_id, role=role)
+        await self.store.set_role_override(
+            meeting_id=meeting_id, emp_id=emp_id, role=role, reason=reason, by=by
+        )
         room = self.rooms.room(meeting_id)
         peer = room.member(emp_id) if room is not None else None
         if room is not None and peer is not None:
@@ -147,7 +149,7 @@ class HostControls:
         # Queued leaves first: the end would otherwise close those rows at the end time.
         await self.leaves.write_now()
         try:
-            meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED)
+            meeting = await self.store.transition(meeting_id, MeetingStatus.ENDED, by=by)
         except InvalidTransition as exc:
             # Ended elsewhere (the CLI, another server) while its room lives here: close it too.
             ended = await self.store.get_meeting(meeting_id)
@@ -198,7 +200,7 @@ class HostControls:
         if not may(actor.role, Action.UNBAN):
             raise refusal(request, ErrorCode.FORBIDDEN, f"a {actor.role.value} may not unban")
         emp_id = request.data["targetEmpId"]
-        lifted = await self.unban(room.id, emp_id)
+        lifted = await self.unban(room.id, emp_id, by=actor.emp_id)
         room.ack(actor, request, {"targetEmpId": emp_id, "unbanned": lifted})
         return False
 

@@ -1,7 +1,9 @@
 """What the core tells the world: typed events through one subscription point.
 
-Metrics subscribe today; webhooks and a cluster relay will tomorrow; tests wait
-on these events instead of reaching into the core's internals. Events are
+Metrics subscribe today, a cluster relay will tomorrow; tests wait on these
+events instead of reaching into the core's internals. (Webhooks do not come from
+here: the store writes them in the transaction of each change, see
+meshroom.store.outbox, so none is lost when the process dies.) Events are
 delivered synchronously, in the order they happen, from the task that caused
 them: a subscriber must not block (a memory channel of unbounded size is the
 way to get them into a task of your own: :meth:`EventBus.subscribe`).

@@ -576,8 +576,8 @@ class Hub:
     ) -> None:
         await self._controls.ban(meeting_id, emp_id, by=by, reason=reason)
 
-    async def unban(self, meeting_id: str, emp_id: str) -> bool:
-        return await self._controls.unban(meeting_id, emp_id)
+    async def unban(self, meeting_id: str, emp_id: str, *, by: str | None = None) -> bool:
+        return await self._controls.unban(meeting_id, emp_id, by=by)
 
     def live_peers(self, meeting_id: str) -> list[dict[str, Any]]:
         room = self.rooms.get(meeting_id)

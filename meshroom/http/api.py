@@ -291,7 +291,7 @@ async def list_bans(ref: str) -> BanList:
 @document_response(ErrorOut, 404)
 async def unban(ref: str, emp_id: str) -> Response:
     """Lift a ban."""
-    if not await _meshroom().service.unban(ref, emp_id):
+    if not await _meshroom().service.unban(ref, emp_id, by=BY_API):
         return error(404, "NOT_BANNED", f"{emp_id!r} is not banned from this meeting")
     return Response(b"", status=204)  # no body: Response(None) would iterate via asyncio
 

@@ -28,12 +28,14 @@ from ..metrics import Metrics
 from ..runtime import Runtime, open_runtime
 from ..service import MeetingService
 from ..store import Store
+from ..webhooks import WebhookService
 from .api import api
 from .docs import asset_urls, docs_assets
 from .ops import ops
 from .signaling import signaling
 from .socketio import socketio_blueprint
 from .web import web
+from .webhooks import OpenAPIWithWebhooks  # importing it adds /api/webhooks/… to `api`
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,10 @@ class Meshroom:
     def service(self) -> MeetingService:
         return self.runtime.service
 
+    @property
+    def webhooks(self) -> WebhookService:
+        return self.runtime.webhooks
+
     def init_app(self, app: Quart) -> None:
         if self._settings is None:
             # The app's MESHROOM_* keys act as variables on top of the environment, so
@@ -120,6 +126,7 @@ class Meshroom:
                 info={"title": "meshroom", "version": _version()},
                 security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
                 pydantic_dump_options={"by_alias": True},
+                openapi_provider_class=OpenAPIWithWebhooks,
             )
         else:
             # The app's own document: declare the scheme meshroom's API operations name.

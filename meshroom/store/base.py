@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ..roles import Role
 
@@ -136,8 +136,13 @@ class Store(Protocol):
     async def list_meetings(
         self, *, status: MeetingStatus | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[Meeting], int]: ...
-    async def transition(self, meeting_id: str, to: MeetingStatus) -> Meeting:
-        """SCHEDULED -> LIVE -> ENDED. Raises MeetingNotFound or InvalidTransition."""
+    async def transition(
+        self, meeting_id: str, to: MeetingStatus, *, by: str | None = None
+    ) -> Meeting:
+        """SCHEDULED -> LIVE -> ENDED (``by``: who ended it, for the record).
+
+        Raises MeetingNotFound or InvalidTransition.
+        """
         ...
 
     async def ended_among(self, meeting_ids: Sequence[str]) -> set[str]:
@@ -179,16 +184,202 @@ class Store(Protocol):
     async def ban(
         self, *, meeting_id: str, emp_id: str, by: str | None, reason: str | None, at: dt.datetime
     ) -> None: ...
-    async def unban(self, *, meeting_id: str, emp_id: str) -> bool:
+    async def unban(self, *, meeting_id: str, emp_id: str, by: str | None = None) -> bool:
         """Lift a ban; False if the employee was not banned."""
         ...
 
     async def list_bans(self, meeting_id: str) -> list[Ban]: ...
-    async def set_role_override(self, *, meeting_id: str, emp_id: str, role: Role | None) -> None:
-        """Remember a promotion or demotion so it survives a reconnect."""
+    async def set_role_override(
+        self,
+        *,
+        meeting_id: str,
+        emp_id: str,
+        role: Role | None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> None:
+        """Remember a promotion or demotion so it survives a reconnect.
+
+        ``reason`` (promote, demote) and ``by`` are for the record (webhooks).
+        """
 
     # Attendance
     async def attendance_for_meeting(self, meeting_id: str) -> list[AttendanceRecord]: ...
     async def attendance_for_employee(
         self, emp_id: str, *, since: dt.datetime | None = None, until: dt.datetime | None = None
     ) -> list[AttendanceRecord]: ...
+
+
+# Webhooks: the transactional outbox.
+#
+# Every store method that changes a meeting, attendance, a ban or a role writes the
+# events describing the change into the outbox *in the same transaction* (one
+# delivery row per enabled endpoint that wants the event type), so an event exists
+# exactly when its change was committed. The delivery worker (meshroom.webhooks)
+# drains the outbox through the WebhookStore methods below.
+
+
+class WebhookEventType(enum.StrEnum):
+    MEETING_STARTED = "meeting.started"
+    MEETING_ENDED = "meeting.ended"
+    PARTICIPANT_JOINED = "participant.joined"
+    PARTICIPANT_LEFT = "participant.left"
+    PARTICIPANT_ROLE_CHANGED = "participant.role_changed"
+    PARTICIPANT_BANNED = "participant.banned"
+    PARTICIPANT_UNBANNED = "participant.unbanned"
+    ATTENDANCE_CLOSED = "attendance.closed"
+
+
+class EndpointSource(enum.StrEnum):
+    SETTINGS = "settings"  # from MESHROOM_WEBHOOKS, synced at every start
+    API = "api"  # created through the REST API
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # not yet delivered: due, waiting for a retry, or in flight
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    DEAD = "dead"  # every attempt failed; only a retry (CLI, API) sends it again
+
+
+class EndpointNotFound(StoreError):
+    pass
+
+
+class DeliveryNotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    id: str
+    url: str
+    secret: str = field(repr=False)  # whsec_<base64>: never in a log line
+    event_types: frozenset[WebhookEventType] | None  # None: every type
+    source: EndpointSource
+    enabled: bool
+    description: str | None
+    created_at: dt.datetime
+
+    def accepts(self, event_type: WebhookEventType) -> bool:
+        return self.event_types is None or event_type in self.event_types
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event on its way to one endpoint."""
+
+    id: int
+    endpoint_id: str
+    event_id: str  # the webhook-id header: the same on every attempt and every endpoint
+    event_type: WebhookEventType
+    meeting_id: str
+    occurred_at: dt.datetime
+    data: Mapping[str, Any]
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: dt.datetime
+    last_attempt_at: dt.datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A delivery leased to one worker for one attempt (``delivery.attempts`` counts it)."""
+
+    delivery: WebhookDelivery
+    lease_token: str
+    url: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    deliveries: list[ClaimedDelivery]
+    # The earliest time a delivery not claimable now may become so (a retry falls due,
+    # a lease runs out); None if none is waiting for a time.
+    next_due: dt.datetime | None
+
+
+class AttemptOutcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # failed; pending again from next_attempt_at
+    DEAD = "dead"  # failed for the last time
+    RELEASED = "released"  # not attempted after all (shutdown): pending, attempt not counted
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    delivery_id: int
+    lease_token: str
+    outcome: AttemptOutcome
+    at: dt.datetime
+    next_attempt_at: dt.datetime | None = None  # for RETRY
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookStore(Protocol):
+    """What the webhook delivery worker, the API and the CLI need of the outbox."""
+
+    async def list_webhook_endpoints(self) -> list[WebhookEndpoint]: ...
+
+    async def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Create the endpoint, or replace the one with its id."""
+
+    async def delete_webhook_endpoint(self, endpoint_id: str) -> bool:
+        """Delete an endpoint and its deliveries; False if there was none."""
+        ...
+
+    async def claim_webhook_deliveries(
+        self,
+        *,
+        limit_per_endpoint: int,
+        in_flight: Mapping[str, int],
+        now: dt.datetime,
+        lease: dt.timedelta,
+    ) -> Claim:
+        """Lease the deliveries that may be attempted now, oldest event first.
+
+        A delivery is claimable when it is pending and due, nobody holds an unexpired
+        lease on it, its endpoint is enabled, and no earlier event of the same meeting
+        is still pending for the same endpoint (per-meeting order). At most
+        ``limit_per_endpoint - in_flight[endpoint]`` per endpoint.
+        """
+        ...
+
+    async def finish_webhook_delivery(self, result: AttemptResult) -> bool:
+        """Record an attempt; False if the lease was lost (another worker took it over)."""
+        ...
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        endpoint_id: str | None = None,
+        meeting_id: str | None = None,
+        delivery_ids: Sequence[int] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[WebhookDelivery], int]:
+        """Deliveries, newest first, and how many match in all."""
+        ...
+
+    async def retry_webhook_deliveries(
+        self,
+        *,
+        delivery_ids: Sequence[int] | None = None,
+        endpoint_id: str | None = None,
+        now: dt.datetime,
+    ) -> int:
+        """Make deliveries due again with a fresh attempt count; how many.
+
+        By id (any status; one in flight right now is left alone), else every dead
+        one (of ``endpoint_id``, if given).
+        """
+        ...
+
+    async def prune_webhook_deliveries(self, *, delivered_before: dt.datetime) -> int:
+        """Forget deliveries delivered before that time (and events left with none)."""
+        ...

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
 )
 
@@ -110,3 +111,71 @@ Index(
     sqlite_where=attendance.c.left_at.is_(None),
     postgresql_where=attendance.c.left_at.is_(None),
 )
+
+# Webhooks (revision 0003): endpoints, and the transactional outbox — events written
+# in the transaction of the change they describe, one delivery row per endpoint.
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(200), nullable=False),
+    # Comma-separated event types the endpoint wants; NULL = every type.
+    Column("event_types", Text),
+    Column("source", String(16), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("description", String(500)),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    # Commit order within a meeting: every transaction that writes events of a meeting
+    # holds that meeting's row lock, so a later seq of one meeting commits later.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),  # the webhook-id header
+    Column("type", String(40), nullable=False),
+    Column("meeting_id", String(36), ForeignKey("meetings.id"), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_seq", Integer, ForeignKey("webhook_events.seq"), nullable=False),
+    Column(
+        "endpoint_id",
+        String(64),
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # The event's meeting, here too: the per-meeting order check reads only this table.
+    Column("meeting_id", String(36), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    # A worker attempting the delivery holds it until lease_until (a SIGKILLed worker's
+    # lease runs out and another attempt follows: at-least-once).
+    Column("lease_until", UtcDateTime()),
+    Column("lease_token", String(32)),
+    Column("last_attempt_at", UtcDateTime()),
+    Column("last_status_code", Integer),
+    Column("last_error", String(500)),
+    Column("delivered_at", UtcDateTime()),
+    UniqueConstraint("event_seq", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+)
+
+# Pending deliveries only: what the worker claims and the per-meeting order check reads.
+Index(
+    "ix_webhook_deliveries_pending",
+    webhook_deliveries.c.endpoint_id,
+    webhook_deliveries.c.meeting_id,
+    webhook_deliveries.c.event_seq,
+    sqlite_where=webhook_deliveries.c.status == "pending",
+    postgresql_where=webhook_deliveries.c.status == "pending",
+)
+Index("ix_webhook_deliveries_status", webhook_deliveries.c.status, webhook_deliveries.c.id)

@@ -16,10 +16,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import secrets
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+import orjson
 import sqlalchemy as sa
 import trio
 from sqlalchemy.engine import Connection, Engine
@@ -28,13 +32,19 @@ from sqlalchemy.pool import StaticPool
 
 from ..roles import Role
 from ..roomcode import new_room_code
-from . import migrate
+from . import migrate, outbox
 from .base import (
     RECOVERED_LEAVE_REASON,
     Admission,
+    AttemptOutcome,
+    AttemptResult,
     AttendanceRecord,
     Ban,
+    Claim,
+    ClaimedDelivery,
+    DeliveryStatus,
     EmployeeBanned,
+    EndpointSource,
     InvalidTransition,
     Leave,
     Meeting,
@@ -44,9 +54,20 @@ from .base import (
     SchemaError,
     SchemaOutOfDate,
     StoreUnavailable,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
 )
 from .migrate import SchemaState, SchemaStatus
-from .schema import attendance, meetings, participants
+from .outbox import ClosedRow, OutboxEvent
+from .schema import (
+    attendance,
+    meetings,
+    participants,
+    webhook_deliveries,
+    webhook_endpoints,
+    webhook_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +78,15 @@ T = TypeVar("T")
 _CHUNK = 1000
 # Seconds a new PostgreSQL connection may take; past it the store is unavailable.
 PG_CONNECT_TIMEOUT = 5
+
+# Seconds "no webhook endpoint is enabled" is believed without asking the database again:
+# writing transactions then skip the endpoints query (a round trip on PostgreSQL). This
+# process's own endpoint changes end it at once; another process's show within this.
+NO_ENDPOINTS_TTL = 2.0
+# Set in a connection's info by a transaction that wrote webhook events.
+_OUTBOX_WRITTEN = "meshroom_outbox_written"
+# The enabled webhook endpoints as a writing transaction sees them: (id, wanted types or None).
+_Targets = list[tuple[str, frozenset[str] | None]]
 
 _TRANSITIONS = {
     MeetingStatus.SCHEDULED: {MeetingStatus.LIVE, MeetingStatus.ENDED},
@@ -124,6 +154,11 @@ class SqlStore:
         self._limiter = trio.CapacityLimiter(1 if self.is_sqlite else pool_size)
         # Told (operation, seconds) after every database call, waiting for a thread included.
         self.on_call: Callable[[str, float], None] | None = None
+        # Called (on the Trio thread) after a call committed webhook events or made
+        # deliveries due: the delivery worker's wake-up.
+        self.on_outbox_write: Callable[[], None] | None = None
+        self._outbox_dirty = False  # set by a worker thread after such a commit
+        self._no_endpoints_until = 0.0  # time.monotonic(); see NO_ENDPOINTS_TTL
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(_translate_errors(fn), *args, **kwargs)
@@ -133,6 +168,21 @@ class SqlStore:
         finally:
             if self.on_call is not None:
                 self.on_call(fn.__name__.lstrip("_"), trio.current_time() - started)
+            if self._outbox_dirty:
+                self._outbox_dirty = False
+                if self.on_outbox_write is not None:
+                    self.on_outbox_write()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """``engine.begin()`` that notes, once committed, that webhook events were written."""
+        with self.engine.begin() as conn:
+            try:
+                yield conn
+            finally:
+                wrote = conn.info.pop(_OUTBOX_WRITTEN, False)
+        if wrote:  # committed: only now may the worker look for the new rows
+            self._outbox_dirty = True
 
     # Lifecycle
 
@@ -273,12 +323,15 @@ class SqlStore:
             total = conn.execute(count).scalar_one()
         return [_meeting(r) for r in rows], int(total)
 
-    async def transition(self, meeting_id: str, to: MeetingStatus) -> Meeting:
-        return await self._run(self._transition, meeting_id, to)
+    async def transition(
+        self, meeting_id: str, to: MeetingStatus, *, by: str | None = None
+    ) -> Meeting:
+        return await self._run(self._transition, meeting_id, to, by)
 
-    def _transition(self, meeting_id: str, to: MeetingStatus) -> Meeting:
+    def _transition(self, meeting_id: str, to: MeetingStatus, by: str | None) -> Meeting:
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
             row = (
                 conn.execute(
                     sa.select(meetings).where(meetings.c.id == meeting_id).with_for_update()
@@ -292,14 +345,23 @@ class SqlStore:
             if to not in _TRANSITIONS[current]:
                 raise InvalidTransition(current, to)
             values: dict[str, Any] = {"status": to.value}
+            events: list[OutboxEvent] = []
             if to is MeetingStatus.LIVE:
                 values["started_at"] = now
             else:
                 values["ended_at"] = now
                 # Whoever is still recorded as present leaves with the meeting.
-                self._close_open_rows(conn, meeting_id, now, "meeting-ended")
+                for closed in self._close_open_rows(conn, meeting_id, now, "meeting-ended"):
+                    events.extend(outbox.row_closed(closed))
             conn.execute(meetings.update().where(meetings.c.id == meeting_id).values(**values))
-        return _meeting({**row, **values})
+            meeting = _meeting({**row, **values})
+            if targets:
+                if to is MeetingStatus.LIVE:
+                    events.append(outbox.meeting_started(meeting))
+                else:
+                    events.append(outbox.meeting_ended(meeting, by))
+                self._write_events(conn, targets, events)
+        return meeting
 
     # Joining and leaving
 
@@ -311,15 +373,18 @@ class SqlStore:
     def _admit(
         self, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
     ) -> Admission:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
             # FOR SHARE (PostgreSQL): concurrent joins do not block one another, but a
             # concurrent end (FOR UPDATE) waits for this row, or this join for the end,
-            # so no open row can slip in after the end closed them all.
+            # so no open row can slip in after the end closed them all. With webhooks,
+            # FOR UPDATE: joins of one meeting take turns, so its events commit in the
+            # order of their sequence numbers (the worker's per-meeting order relies on it).
             row = (
                 conn.execute(
                     sa.select(meetings)
                     .where(meetings.c.id == meeting_id)
-                    .with_for_update(read=True)
+                    .with_for_update(read=not targets)
                 )
                 .mappings()
                 .first()
@@ -355,6 +420,16 @@ class SqlStore:
             )
             assert inserted.inserted_primary_key is not None
             attendance_id = int(inserted.inserted_primary_key[0])
+            if targets:
+                joined = outbox.participant_joined(
+                    meeting_id=meeting_id,
+                    attendance_id=attendance_id,
+                    emp_id=emp_id,
+                    display_name=display_name,
+                    role=effective,
+                    joined_at=at,
+                )
+                self._write_events(conn, targets, [joined])
         return Admission(meeting=meeting, attendance_id=attendance_id, role=effective)
 
     def _insert_participant(
@@ -387,10 +462,14 @@ class SqlStore:
             by_id.setdefault(leave.attendance_id, leave)  # the first leave of a row wins
         ids = sorted(by_id)  # one lock order for every writer: no deadlock between batches
         closed = 0
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
+            if targets:
+                self._lock_meetings_of_open_rows(conn, ids)
+            events: list[OutboxEvent] = []
             for start in range(0, len(ids), _CHUNK):
                 open_rows = conn.execute(
-                    sa.select(attendance.c.id, attendance.c.joined_at)
+                    sa.select(*_CLOSING_COLUMNS)
                     .where(
                         attendance.c.id.in_(ids[start : start + _CHUNK])
                         & attendance.c.left_at.is_(None)
@@ -398,14 +477,17 @@ class SqlStore:
                     .order_by(attendance.c.id)
                 ).all()
                 closing = []
-                for row_id, joined_at in open_rows:
-                    leave = by_id[row_id]
-                    joined = _utc_required(joined_at)
+                for row in open_rows:
+                    leave = by_id[row.id]
+                    joined = _utc_required(row.joined_at)
                     left_at = max(leave.left_at, joined)
-                    closing.append(
-                        (row_id, left_at, leave.reason, (left_at - joined).total_seconds())
-                    )
+                    seconds = (left_at - joined).total_seconds()
+                    closing.append((row.id, left_at, leave.reason, seconds))
+                    if targets:
+                        events.extend(outbox.row_closed(_closed_row(row, left_at, leave.reason)))
                 closed += self._close_rows(conn, closing)
+            if targets:
+                self._write_events(conn, targets, events)
         return closed
 
     def _close_rows(self, conn: Connection, rows: list[tuple[int, dt.datetime, str, float]]) -> int:
@@ -460,18 +542,25 @@ class SqlStore:
             # live rows are stamped every heartbeat and must stay open.
             seen = sa.func.coalesce(attendance.c.last_seen_at, attendance.c.joined_at)
             open_rows = open_rows & (seen < stale_before)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
+            if targets:
+                open_meetings = conn.execute(
+                    sa.select(attendance.c.meeting_id).where(open_rows).distinct()
+                ).scalars()
+                self._lock_meetings(conn, open_meetings)
             rows = conn.execute(
-                sa.select(attendance.c.id, attendance.c.joined_at, attendance.c.last_seen_at)
+                sa.select(*_CLOSING_COLUMNS)
                 .where(open_rows)
                 .order_by(attendance.c.id)
             ).all()
-            for row_id, joined_at, last_seen_at in rows:
-                joined = _utc_required(joined_at)
-                left_at = max(joined, _utc(last_seen_at) or joined)
+            events: list[OutboxEvent] = []
+            for row in rows:
+                joined = _utc_required(row.joined_at)
+                left_at = max(joined, _utc(row.last_seen_at) or joined)
                 result = conn.execute(
                     attendance.update()
-                    .where((attendance.c.id == row_id) & attendance.c.left_at.is_(None))
+                    .where((attendance.c.id == row.id) & attendance.c.left_at.is_(None))
                     .values(
                         left_at=left_at,
                         leave_reason=RECOVERED_LEAVE_REASON,
@@ -480,23 +569,25 @@ class SqlStore:
                     )
                 )
                 closed += result.rowcount
+                if targets and result.rowcount:
+                    recovered = _closed_row(row, left_at, RECOVERED_LEAVE_REASON, recovered=True)
+                    events.extend(outbox.row_closed(recovered))
+            if targets:
+                self._write_events(conn, targets, events)
         return closed
 
     def _close_open_rows(
         self, conn: Connection, meeting_id: str, at: dt.datetime, reason: str
-    ) -> None:
+    ) -> list[ClosedRow]:
+        """Close the meeting's open rows (its row lock held); what was closed, by row id."""
         rows = conn.execute(
-            sa.select(attendance.c.id, attendance.c.joined_at).where(
-                (attendance.c.meeting_id == meeting_id) & attendance.c.left_at.is_(None)
-            )
+            sa.select(*_CLOSING_COLUMNS)
+            .where((attendance.c.meeting_id == meeting_id) & attendance.c.left_at.is_(None))
+            .order_by(attendance.c.id)
         ).all()
-        self._close_rows(
-            conn,
-            [
-                (row_id, at, reason, max(0.0, (at - _utc_required(joined_at)).total_seconds()))
-                for row_id, joined_at in rows
-            ],
-        )
+        closed = [_closed_row(row, at, reason) for row in rows]
+        self._close_rows(conn, [(c.attendance_id, at, reason, c.duration_seconds) for c in closed])
+        return closed
 
     # Moderation
 
@@ -509,12 +600,17 @@ class SqlStore:
         self, meeting_id: str, emp_id: str, by: str | None, reason: str | None, at: dt.datetime
     ) -> None:
         ban_values = {"banned": True, "banned_at": at, "banned_by": by, "ban_reason": reason}
-        with self.engine.begin() as conn:
-            if not conn.execute(
-                sa.select(meetings.c.id).where(meetings.c.id == meeting_id)
-            ).first():
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
+            meeting = sa.select(meetings.c.id).where(meetings.c.id == meeting_id)
+            if targets:
+                meeting = meeting.with_for_update()
+            if not conn.execute(meeting).first():
                 raise MeetingNotFound(meeting_id)
             key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
+            was_banned = bool(
+                targets and conn.execute(sa.select(participants.c.banned).where(key)).scalar()
+            )
             updated = conn.execute(participants.update().where(key).values(**ban_values))
             if updated.rowcount == 0:
                 # Banning someone who never joined (pre-emptive ban from the API).
@@ -523,22 +619,33 @@ class SqlStore:
                     conn, meeting_id, emp_id, emp_id, Role.PARTICIPANT, **values
                 )
                 conn.execute(participants.update().where(key).values(**ban_values))
+            if targets and not was_banned:  # a ban taking effect, not a ban renewed
+                event = outbox.banned(
+                    meeting_id=meeting_id, emp_id=emp_id, by=by, reason=reason, at=at
+                )
+                self._write_events(conn, targets, [event])
 
-    async def unban(self, *, meeting_id: str, emp_id: str) -> bool:
-        return await self._run(self._unban, meeting_id, emp_id)
+    async def unban(self, *, meeting_id: str, emp_id: str, by: str | None = None) -> bool:
+        return await self._run(self._unban, meeting_id, emp_id, by)
 
-    def _unban(self, meeting_id: str, emp_id: str) -> bool:
+    def _unban(self, meeting_id: str, emp_id: str, by: str | None) -> bool:
         key = (
             (participants.c.meeting_id == meeting_id)
             & (participants.c.emp_id == emp_id)
             & participants.c.banned.is_(True)
         )
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
+            if targets:
+                self._lock_meetings(conn, [meeting_id])
             result = conn.execute(
                 participants.update()
                 .where(key)
                 .values(banned=False, banned_at=None, banned_by=None, ban_reason=None)
             )
+            if targets and result.rowcount:
+                event = outbox.unbanned(meeting_id=meeting_id, emp_id=emp_id, by=by, at=utcnow())
+                self._write_events(conn, targets, [event])
         return bool(result.rowcount)
 
     async def list_bans(self, meeting_id: str) -> list[Ban]:
@@ -563,16 +670,51 @@ class SqlStore:
             for r in rows
         ]
 
-    async def set_role_override(self, *, meeting_id: str, emp_id: str, role: Role | None) -> None:
-        await self._run(self._set_role_override, meeting_id, emp_id, role)
+    async def set_role_override(
+        self,
+        *,
+        meeting_id: str,
+        emp_id: str,
+        role: Role | None,
+        reason: str | None = None,
+        by: str | None = None,
+    ) -> None:
+        await self._run(self._set_role_override, meeting_id, emp_id, role, reason, by)
 
-    def _set_role_override(self, meeting_id: str, emp_id: str, role: Role | None) -> None:
+    def _set_role_override(
+        self, meeting_id: str, emp_id: str, role: Role | None, reason: str | None, by: str | None
+    ) -> None:
         key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
         values: dict[str, Any] = {"role_override": role.value if role else None}
         if role is not None:
             values["last_role"] = role.value
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
+            targets = self._webhook_targets(conn)
+            person = None
+            if targets:
+                self._lock_meetings(conn, [meeting_id])
+                person = conn.execute(
+                    sa.select(
+                        participants.c.display_name,
+                        participants.c.last_role,
+                        participants.c.role_override,
+                    ).where(key)
+                ).first()
             conn.execute(participants.update().where(key).values(**values))
+            if targets and person is not None and role is not None:
+                previous = Role(person.role_override or person.last_role)
+                if previous is not role:
+                    event = outbox.role_changed(
+                        meeting_id=meeting_id,
+                        emp_id=emp_id,
+                        display_name=person.display_name,
+                        role=role,
+                        previous=previous,
+                        reason=reason,
+                        by=by,
+                        at=utcnow(),
+                    )
+                    self._write_events(conn, targets, [event])
 
     # Attendance
 
@@ -610,11 +752,490 @@ class SqlStore:
             for r in rows
         ]
 
+    # The webhook outbox, written by the transactions above
+
+    def _webhook_targets(self, conn: Connection) -> _Targets:
+        """The enabled endpoints, read in the writing transaction (none: nothing is written).
+
+        While there are none, that is remembered for NO_ENDPOINTS_TTL, so a server without
+        webhooks does not pay a query per join; while there are some, they are read in
+        every transaction, so events go to exactly the endpoints enabled at its commit.
+        """
+        if time.monotonic() < self._no_endpoints_until:
+            return []
+        targets = [(row.id, _event_types(row.event_types)) for row in conn.execute(_TARGETS)]
+        if not targets:
+            self._no_endpoints_until = time.monotonic() + NO_ENDPOINTS_TTL
+        return targets
+
+    def _lock_meetings(self, conn: Connection, meeting_ids: Iterable[str]) -> None:
+        """Hold these meetings' rows (PostgreSQL; SQLite has one writer) until commit.
+
+        Every transaction that writes events of a meeting holds its row first, in id
+        order, so the events of one meeting commit in the order of their ``seq``.
+        """
+        ids = sorted(set(meeting_ids))
+        for start in range(0, len(ids), _CHUNK):
+            conn.execute(
+                sa.select(meetings.c.id)
+                .where(meetings.c.id.in_(ids[start : start + _CHUNK]))
+                .order_by(meetings.c.id)
+                .with_for_update()
+            ).all()
+
+    def _lock_meetings_of_open_rows(self, conn: Connection, attendance_ids: list[int]) -> None:
+        meeting_ids: set[str] = set()
+        for start in range(0, len(attendance_ids), _CHUNK):
+            meeting_ids.update(
+                conn.execute(
+                    sa.select(attendance.c.meeting_id)
+                    .where(
+                        attendance.c.id.in_(attendance_ids[start : start + _CHUNK])
+                        & attendance.c.left_at.is_(None)
+                    )
+                    .distinct()
+                ).scalars()
+            )
+        self._lock_meetings(conn, meeting_ids)
+
+    def _write_events(
+        self, conn: Connection, targets: _Targets, events: Sequence[OutboxEvent]
+    ) -> None:
+        """Insert the events, in order, with one pending delivery per endpoint that wants each."""
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        wanted: list[tuple[OutboxEvent, list[str]]] = []
+        for event in events:
+            endpoint_ids = [eid for eid, types in targets if types is None or event.type in types]
+            if not endpoint_ids:
+                continue
+            rows.append(
+                {
+                    "id": outbox.new_event_id(),
+                    "type": event.type.value,
+                    "meeting_id": event.meeting_id,
+                    "occurred_at": event.occurred_at,
+                    "data": orjson.dumps(event.data).decode(),
+                }
+            )
+            wanted.append((event, endpoint_ids))
+        if not rows:
+            return
+        # One statement for all of them; sort_by_parameter_order makes the returned seqs
+        # line up with the rows, which are numbered in the order given.
+        seqs = [int(seq) for seq in conn.execute(_INSERT_EVENTS, rows).scalars()]
+        conn.execute(
+            _INSERT_DELIVERIES,
+            [
+                {
+                    "event_seq": seq,
+                    "endpoint_id": endpoint_id,
+                    "meeting_id": event.meeting_id,
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+                for seq, (event, endpoint_ids) in zip(seqs, wanted, strict=True)
+                for endpoint_id in endpoint_ids
+            ],
+        )
+        conn.info[_OUTBOX_WRITTEN] = True
+
+    # Webhooks: endpoints (WebhookStore)
+
+    async def list_webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return await self._run(self._list_webhook_endpoints)
+
+    def _list_webhook_endpoints(self) -> list[WebhookEndpoint]:
+        query = sa.select(webhook_endpoints).order_by(
+            webhook_endpoints.c.created_at, webhook_endpoints.c.id
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_endpoint(row) for row in rows]
+
+    async def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        await self._run(self._put_webhook_endpoint, endpoint)
+
+    def _put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        values = {
+            "url": endpoint.url,
+            "secret": endpoint.secret,
+            "event_types": (
+                None
+                if endpoint.event_types is None
+                else ",".join(sorted(t.value for t in endpoint.event_types))
+            ),
+            "source": endpoint.source.value,
+            "enabled": endpoint.enabled,
+            "description": endpoint.description,
+        }
+        where = webhook_endpoints.c.id == endpoint.id
+        self._no_endpoints_until = 0.0
+        with self._begin() as conn:
+            if not conn.execute(webhook_endpoints.update().where(where).values(**values)).rowcount:
+                conn.execute(
+                    webhook_endpoints.insert().values(
+                        id=endpoint.id, created_at=endpoint.created_at, **values
+                    )
+                )
+            # An endpoint enabled again has deliveries that are due: look now.
+            conn.info[_OUTBOX_WRITTEN] = endpoint.enabled
+
+    async def delete_webhook_endpoint(self, endpoint_id: str) -> bool:
+        return await self._run(self._delete_webhook_endpoint, endpoint_id)
+
+    def _delete_webhook_endpoint(self, endpoint_id: str) -> bool:
+        with self._begin() as conn:
+            conn.execute(
+                webhook_deliveries.delete().where(webhook_deliveries.c.endpoint_id == endpoint_id)
+            )
+            result = conn.execute(
+                webhook_endpoints.delete().where(webhook_endpoints.c.id == endpoint_id)
+            )
+        return bool(result.rowcount)
+
+    # Webhooks: deliveries (WebhookStore)
+
+    async def claim_webhook_deliveries(
+        self,
+        *,
+        limit_per_endpoint: int,
+        in_flight: Mapping[str, int],
+        now: dt.datetime,
+        lease: dt.timedelta,
+    ) -> Claim:
+        return await self._run(
+            self._claim_webhook_deliveries, limit_per_endpoint, dict(in_flight), now, lease
+        )
+
+    def _claim_webhook_deliveries(
+        self, limit: int, in_flight: dict[str, int], now: dt.datetime, lease: dt.timedelta
+    ) -> Claim:
+        d = webhook_deliveries.alias("d")
+        earlier = webhook_deliveries.alias("earlier")
+        # Per-meeting order: a delivery waits while an earlier event of its meeting is
+        # still pending for the same endpoint (in flight, or waiting for its retry).
+        blocked = (
+            sa.select(earlier.c.id)
+            .where(
+                (earlier.c.endpoint_id == d.c.endpoint_id)
+                & (earlier.c.meeting_id == d.c.meeting_id)
+                & (earlier.c.status == DeliveryStatus.PENDING.value)
+                & (earlier.c.event_seq < d.c.event_seq)
+            )
+            .exists()
+        )
+        unleased = d.c.lease_until.is_(None) | (d.c.lease_until <= now)
+        claimed: list[tuple[int, str]] = []
+        with self._begin() as conn:
+            endpoint_ids = conn.execute(
+                sa.select(webhook_endpoints.c.id)
+                .where(webhook_endpoints.c.enabled.is_(True))
+                .order_by(webhook_endpoints.c.id)
+            ).scalars()
+            for endpoint_id in list(endpoint_ids):
+                free = limit - in_flight.get(endpoint_id, 0)
+                if free <= 0:
+                    continue
+                candidates = conn.execute(
+                    sa.select(d.c.id)
+                    .where(
+                        (d.c.endpoint_id == endpoint_id)
+                        & (d.c.status == DeliveryStatus.PENDING.value)
+                        & (d.c.next_attempt_at <= now)
+                        & unleased
+                        & ~blocked
+                    )
+                    .order_by(d.c.event_seq)
+                    .limit(free)
+                ).scalars()
+                for delivery_id in list(candidates):
+                    token = secrets.token_hex(16)
+                    # Conditional: of two workers that picked the same row, one wins.
+                    taken = conn.execute(
+                        webhook_deliveries.update()
+                        .where(
+                            (webhook_deliveries.c.id == delivery_id)
+                            & (webhook_deliveries.c.status == DeliveryStatus.PENDING.value)
+                            & (
+                                webhook_deliveries.c.lease_until.is_(None)
+                                | (webhook_deliveries.c.lease_until <= now)
+                            )
+                        )
+                        .values(
+                            lease_until=now + lease,
+                            lease_token=token,
+                            attempts=webhook_deliveries.c.attempts + 1,
+                        )
+                    )
+                    if taken.rowcount:
+                        claimed.append((delivery_id, token))
+            deliveries = self._deliveries(
+                conn, webhook_deliveries.c.id.in_([i for i, _ in claimed])
+            )
+            endpoints = {
+                row.id: row
+                for row in conn.execute(
+                    sa.select(
+                        webhook_endpoints.c.id, webhook_endpoints.c.url, webhook_endpoints.c.secret
+                    )
+                )
+            }
+            pending = webhook_deliveries.c.status == DeliveryStatus.PENDING.value
+            retry_due = conn.execute(
+                sa.select(sa.func.min(webhook_deliveries.c.next_attempt_at)).where(
+                    pending & (webhook_deliveries.c.next_attempt_at > now)
+                )
+            ).scalar()
+            lease_ends = conn.execute(
+                sa.select(sa.func.min(webhook_deliveries.c.lease_until)).where(
+                    pending & (webhook_deliveries.c.lease_until > now)
+                )
+            ).scalar()
+        tokens = dict(claimed)
+        by_id = {delivery.id: delivery for delivery in deliveries}
+        due = [_utc(t) for t in (retry_due, lease_ends) if t is not None]
+        return Claim(
+            deliveries=[
+                ClaimedDelivery(
+                    delivery=by_id[delivery_id],
+                    lease_token=tokens[delivery_id],
+                    url=endpoints[by_id[delivery_id].endpoint_id].url,
+                    secret=endpoints[by_id[delivery_id].endpoint_id].secret,
+                )
+                for delivery_id, _ in claimed  # per endpoint, oldest event first
+            ],
+            next_due=min((t for t in due if t is not None), default=None),
+        )
+
+    async def finish_webhook_delivery(self, result: AttemptResult) -> bool:
+        return await self._run(self._finish_webhook_delivery, result)
+
+    def _finish_webhook_delivery(self, result: AttemptResult) -> bool:
+        values: dict[str, Any] = {"lease_until": None, "lease_token": None}
+        if result.outcome is AttemptOutcome.RELEASED:
+            values["attempts"] = webhook_deliveries.c.attempts - 1
+        else:
+            values.update(
+                last_attempt_at=result.at,
+                last_status_code=result.status_code,
+                last_error=result.error[:500] if result.error else None,
+            )
+        if result.outcome is AttemptOutcome.DELIVERED:
+            values.update(status=DeliveryStatus.DELIVERED.value, delivered_at=result.at)
+        elif result.outcome is AttemptOutcome.DEAD:
+            values["status"] = DeliveryStatus.DEAD.value
+        elif result.outcome is AttemptOutcome.RETRY:
+            assert result.next_attempt_at is not None
+            values["next_attempt_at"] = result.next_attempt_at
+        with self._begin() as conn:
+            updated = conn.execute(
+                webhook_deliveries.update()
+                .where(
+                    (webhook_deliveries.c.id == result.delivery_id)
+                    & (webhook_deliveries.c.lease_token == result.lease_token)
+                    & (webhook_deliveries.c.status == DeliveryStatus.PENDING.value)
+                )
+                .values(**values)
+            )
+        return bool(updated.rowcount)
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        status: DeliveryStatus | None = None,
+        endpoint_id: str | None = None,
+        meeting_id: str | None = None,
+        delivery_ids: Sequence[int] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[WebhookDelivery], int]:
+        where: Any = sa.true()
+        if status is not None:
+            where &= webhook_deliveries.c.status == status.value
+        if endpoint_id is not None:
+            where &= webhook_deliveries.c.endpoint_id == endpoint_id
+        if meeting_id is not None:
+            where &= webhook_deliveries.c.meeting_id == meeting_id
+        if delivery_ids is not None:
+            where &= webhook_deliveries.c.id.in_(list(delivery_ids))
+        return await self._run(self._list_webhook_deliveries, where, limit, offset)
+
+    def _list_webhook_deliveries(
+        self, where: Any, limit: int, offset: int
+    ) -> tuple[list[WebhookDelivery], int]:
+        count = sa.select(sa.func.count()).select_from(webhook_deliveries).where(where)
+        with self.engine.connect() as conn:
+            rows = self._deliveries(conn, where, newest_first=True, limit=limit, offset=offset)
+            total = conn.execute(count).scalar_one()
+        return rows, int(total)
+
+    def _deliveries(
+        self,
+        conn: Connection,
+        where: Any,
+        *,
+        newest_first: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[WebhookDelivery]:
+        query = (
+            sa.select(
+                webhook_deliveries,
+                webhook_events.c.id.label("event_id"),
+                webhook_events.c.type.label("event_type"),
+                webhook_events.c.occurred_at,
+                webhook_events.c.data,
+            )
+            .join(webhook_events, webhook_events.c.seq == webhook_deliveries.c.event_seq)
+            .where(where)
+            .order_by(webhook_deliveries.c.id.desc() if newest_first else webhook_deliveries.c.id)
+            .offset(offset)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return [_delivery(row) for row in conn.execute(query).mappings()]
+
+    async def retry_webhook_deliveries(
+        self,
+        *,
+        delivery_ids: Sequence[int] | None = None,
+        endpoint_id: str | None = None,
+        now: dt.datetime,
+    ) -> int:
+        where: Any
+        if delivery_ids is not None:
+            # Not one a worker is attempting right now: that attempt decides it.
+            where = webhook_deliveries.c.id.in_(list(delivery_ids)) & (
+                webhook_deliveries.c.lease_until.is_(None)
+                | (webhook_deliveries.c.lease_until <= now)
+            )
+        else:
+            where = webhook_deliveries.c.status == DeliveryStatus.DEAD.value
+        if endpoint_id is not None:
+            where &= webhook_deliveries.c.endpoint_id == endpoint_id
+        return await self._run(self._retry_webhook_deliveries, where, now)
+
+    def _retry_webhook_deliveries(self, where: Any, now: dt.datetime) -> int:
+        with self._begin() as conn:
+            result = conn.execute(
+                webhook_deliveries.update()
+                .where(where)
+                .values(
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_until=None,
+                    lease_token=None,
+                    delivered_at=None,
+                )
+            )
+            conn.info[_OUTBOX_WRITTEN] = bool(result.rowcount)
+        return int(result.rowcount)
+
+    async def prune_webhook_deliveries(self, *, delivered_before: dt.datetime) -> int:
+        return await self._run(self._prune_webhook_deliveries, delivered_before)
+
+    def _prune_webhook_deliveries(self, before: dt.datetime) -> int:
+        with self._begin() as conn:
+            result = conn.execute(
+                webhook_deliveries.delete().where(
+                    (webhook_deliveries.c.status == DeliveryStatus.DELIVERED.value)
+                    & (webhook_deliveries.c.delivered_at < before)
+                )
+            )
+            conn.execute(
+                webhook_events.delete().where(
+                    ~sa.select(webhook_deliveries.c.id)
+                    .where(webhook_deliveries.c.event_seq == webhook_events.c.seq)
+                    .exists()
+                )
+            )
+        return int(result.rowcount)
+
 
 def _utc_required(value: dt.datetime) -> dt.datetime:
     result = _utc(value)
     assert result is not None
     return result
+
+
+# Built once: these run in every writing transaction (the first one even without webhooks).
+_TARGETS = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
+    webhook_endpoints.c.enabled.is_(True)
+)
+_INSERT_EVENTS = webhook_events.insert().returning(
+    webhook_events.c.seq, sort_by_parameter_order=True
+)
+_INSERT_DELIVERIES = webhook_deliveries.insert()
+
+# What closing an attendance row reads of it (for the webhook events that describe it).
+_CLOSING_COLUMNS = (
+    attendance.c.id,
+    attendance.c.meeting_id,
+    attendance.c.emp_id,
+    attendance.c.display_name,
+    attendance.c.role,
+    attendance.c.joined_at,
+    attendance.c.last_seen_at,
+)
+
+
+def _closed_row(
+    row: Any, left_at: dt.datetime, reason: str, *, recovered: bool = False
+) -> ClosedRow:
+    joined = _utc_required(row.joined_at)
+    return ClosedRow(
+        attendance_id=row.id,
+        meeting_id=row.meeting_id,
+        emp_id=row.emp_id,
+        display_name=row.display_name,
+        role=row.role,
+        joined_at=joined,
+        left_at=left_at,
+        reason=reason,
+        duration_seconds=max(0.0, (left_at - joined).total_seconds()),
+        last_seen_at=_utc(row.last_seen_at),
+        closed_by_recovery=recovered,
+    )
+
+
+def _event_types(value: str | None) -> frozenset[str] | None:
+    return None if value is None else frozenset(t for t in value.split(",") if t)
+
+
+def _endpoint(row: Any) -> WebhookEndpoint:
+    types = _event_types(row["event_types"])
+    return WebhookEndpoint(
+        id=row["id"],
+        url=row["url"],
+        secret=row["secret"],
+        event_types=None if types is None else frozenset(WebhookEventType(t) for t in types),
+        source=EndpointSource(row["source"]),
+        enabled=bool(row["enabled"]),
+        description=row["description"],
+        created_at=_utc_required(row["created_at"]),
+    )
+
+
+def _delivery(row: Any) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row["id"],
+        endpoint_id=row["endpoint_id"],
+        event_id=row["event_id"],
+        event_type=WebhookEventType(row["event_type"]),
+        meeting_id=row["meeting_id"],
+        occurred_at=_utc_required(row["occurred_at"]),
+        data=orjson.loads(row["data"]),
+        status=DeliveryStatus(row["status"]),
+        attempts=row["attempts"],
+        next_attempt_at=_utc_required(row["next_attempt_at"]),
+        last_attempt_at=_utc(row["last_attempt_at"]),
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        delivered_at=_utc(row["delivered_at"]),
+    )
 
 
 def _meeting(row: Any) -> Meeting:

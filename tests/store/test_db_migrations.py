@@ -58,20 +58,20 @@ def schema_differences(url: str) -> list[object]:
 
 
 def test_revisions_form_one_line():
-    assert migrate.revisions() == ["0001", "0002"]
-    assert migrate.head_revision() == "0002"
+    assert migrate.revisions() == ["0001", "0002", "0003"]
+    assert migrate.head_revision() == "0003"
 
 
 def test_upgrade_from_empty_matches_the_schema_module(db_url):
     assert state(db_url).status is SchemaStatus.EMPTY
-    assert upgrade(db_url) == (None, "0002")
+    assert upgrade(db_url) == (None, "0003")
     assert state(db_url).status is SchemaStatus.CURRENT
     assert schema_differences(db_url) == []
 
 
 def test_upgrade_is_a_no_op_when_current(db_url):
     upgrade(db_url)
-    assert upgrade(db_url) == ("0002", "0002")
+    assert upgrade(db_url) == ("0003", "0003")
 
 
 @pytest.mark.parametrize("start", migrate.revisions()[:-1])
@@ -82,7 +82,7 @@ def test_upgrade_from_every_earlier_revision_keeps_the_data(db_url, start):
     with engine.begin() as conn:
         _insert_v1_rows(conn)
     engine.dispose()
-    assert upgrade(db_url) == (start, "0002")
+    assert upgrade(db_url) == (start, "0003")
     assert schema_differences(db_url) == []
     _check_v1_rows_survived(db_url)
 
@@ -95,7 +95,7 @@ def test_upgrade_of_an_unversioned_legacy_database(db_url):
         _insert_v1_rows(conn)
     engine.dispose()
     assert state(db_url).status is SchemaStatus.UNVERSIONED
-    assert upgrade(db_url) == ("0001", "0002")
+    assert upgrade(db_url) == ("0001", "0003")
     assert schema_differences(db_url) == []
     _check_v1_rows_survived(db_url)
 
@@ -108,7 +108,7 @@ def test_downgrade_to_base_and_up_again(db_url):
     with engine.connect() as conn:
         assert migrate.inspect(conn).status is SchemaStatus.EMPTY
     engine.dispose()
-    assert upgrade(db_url) == (None, "0002")
+    assert upgrade(db_url) == (None, "0003")
 
 
 async def test_open_creates_an_empty_database(db_url):
@@ -124,7 +124,7 @@ async def test_open_refuses_an_out_of_date_schema_naming_the_command(db_url):
     with pytest.raises(SchemaOutOfDate) as caught:
         await store.open()
     message = str(caught.value)
-    assert "meshroom db upgrade" in message and "0001" in message and "0002" in message
+    assert "meshroom db upgrade" in message and "0001" in message and "0003" in message
     assert "\n" not in message
     assert (await store.schema_state()).current == "0001"  # untouched
     await store.close()
@@ -263,9 +263,9 @@ def test_cli_db_current_and_upgrade(db_url, capsys):
     assert main(["db", "current", "--check", "--database-url", db_url]) == 1
     assert "0001  behind" in capsys.readouterr().out
     assert main(["db", "upgrade", "--database-url", db_url]) == 0
-    assert "from revision 0001 to 0002" in capsys.readouterr().out
+    assert "from revision 0001 to 0003" in capsys.readouterr().out
     assert main(["db", "upgrade", "--database-url", db_url]) == 0
-    assert "up to date (revision 0002)" in capsys.readouterr().out
+    assert "up to date (revision 0003)" in capsys.readouterr().out
     assert main(["db", "current", "--check", "--database-url", db_url]) == 0
 
 
