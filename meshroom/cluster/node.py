@@ -50,7 +50,7 @@ from ..core.options import JoinRefused
 from ..protocol import CloseCode, ErrorCode, RequestId
 from .client import ClusterClient, ClusterUnavailable
 from .leases import CLAIM, RELEASE, RENEW, split_lease
-from .relay import Close, EdgeLink, RemoteConnection, inbound_limit
+from .relay import Close, EdgeLink, Frames, RemoteConnection, inbound_limit
 
 log = logging.getLogger(__name__)
 
@@ -413,14 +413,28 @@ class ClusterNode:
             del self.edge_links[link.link]
 
     async def _pump_to_client(self, conn: Connection, link: EdgeLink) -> Close:
-        """Write what the owner sends to the client until it says close; that close."""
-        async for item in link.items:
+        """Write what the owner sends to the client until it says close; that close.
+
+        Envelopes that arrived while the previous write was in flight go out in one write.
+        """
+        while True:
+            try:
+                item: Frames | Close | None = await link.items.receive()
+            except trio.EndOfChannel:
+                return link.pending_close()
+            frames: list[bytes] = []
+            while isinstance(item, Frames):
+                frames.extend(item.frames)
+                try:
+                    item = link.items.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    item = None
+            if frames:
+                # A failure here is seen by _pump_to_owner too, which tells the owner.
+                with suppress(ConnectionClosed):
+                    await conn.send(frames)
             if isinstance(item, Close):
                 return item
-            # A failure here is seen by _pump_to_owner too, which tells the owner.
-            with suppress(ConnectionClosed):
-                await conn.send(item.frames)
-        return link.pending_close()
 
     async def _pump_to_owner(
         self, conn: Connection, link: EdgeLink, reading: trio.CancelScope
