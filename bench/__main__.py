@@ -7,6 +7,10 @@ if __name__ == "__main__":
         from bench.compare import main as compare
 
         sys.exit(compare(sys.argv[2:]))
+    if sys.argv[1:2] == ["idle"]:
+        from bench.idle import main as idle
+
+        sys.exit(idle(sys.argv[2:]))
     from bench.cli import main
 
     sys.exit(main())
