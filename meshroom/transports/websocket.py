@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,6 +34,9 @@ from . import frames
 from .frames import FrameReader, ProtocolViolation
 
 log = logging.getLogger(__name__)
+
+_NO_EVENTS: Final[list[frames.Event]] = []  # shared, never appended to
+_PING: Final = frames.frame(frames.OP_PING, b"meshroom")
 
 RECEIVE_SIZE: Final = 65536
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -62,7 +65,34 @@ class WebSocketConnection:
 
     Frames are read by :class:`~meshroom.transports.frames.FrameReader` and
     written by :mod:`~meshroom.transports.frames`; wsproto only did the handshake.
+
+    Heartbeats come in two forms. On its own, a connection with a ``heartbeat``
+    times itself: while waiting for input it waits at most until its next ping
+    (or the ping's answer) is due. On a listener, :class:`Heartbeats` (one timer
+    for every connection) does it instead, and a waiting reader has no deadline
+    at all: that is what keeps ten thousand idle connections cheap.
     """
+
+    __slots__ = (
+        "_broken",
+        "_close_sent",
+        "_closed",
+        "_events",
+        "_heartbeat",
+        "_heartbeats",
+        "_initial",
+        "_last_heard",
+        "_max",
+        "_next_event",
+        "_ping_deadline",
+        "_reader",
+        "_remote",
+        "_send_lock",
+        "_stream",
+        "_unsent",
+        "close_code",
+        "timed_out",
+    )
 
     def __init__(
         self,
@@ -77,7 +107,9 @@ class WebSocketConnection:
         self._remote = remote
         self._max = max_message_bytes
         self._reader = FrameReader(max_message_bytes)
-        self._pending: deque[frames.Event] = deque()
+        # Events of the last read not yet handed out: _events[_next_event:].
+        self._events: list[frames.Event] = _NO_EVENTS
+        self._next_event = 0
         self._initial = initial  # frames the client sent right behind its upgrade request
         self._send_lock = trio.StrictFIFOLock()  # the writer task and pong replies share the stream
         self._broken = False  # a write failed or was cut short: no more frames can go out
@@ -85,22 +117,40 @@ class WebSocketConnection:
         self._closed = False
         self.close_code: int | None = None  # what the client sent, if it closed first
         self._heartbeat = heartbeat
+        self._heartbeats: Heartbeats | None = None  # the listener's timer, once joined
         self._last_heard = trio.current_time()
         self._ping_deadline: float | None = None  # set while a ping awaits an answer
+        # Bytes of a ping the socket did not take at once: they go out before anything else.
+        self._unsent = b""
         self.timed_out = False
 
     @property
     def remote(self) -> str:
         return self._remote
 
+    def join_heartbeats(self, heartbeats: Heartbeats) -> bool:
+        """Let ``heartbeats`` ping this connection instead of timing itself.
+
+        Only a plain TCP stream can (the timer writes pings straight to its socket, and
+        wakes its reader through the socket); False, and nothing changes, for others.
+        """
+        if not isinstance(self._stream, trio.SocketStream) or self._closed:
+            return False
+        self._heartbeats = heartbeats
+        heartbeats.add(self)
+        return True
+
     async def receive(self) -> str | bytes:
-        pending = self._pending
         while True:
-            while pending:
-                event = pending.popleft()
+            events = self._events
+            while self._next_event < len(events):
+                event = events[self._next_event]
+                self._next_event += 1
                 if type(event) is frames.Message:
                     return event.data.decode() if event.text else event.data
                 await self._handle_other(event)
+            self._events = _NO_EVENTS  # an idle connection holds nothing of its last read
+            self._next_event = 0
             if self.timed_out:
                 raise ConnectionTimedOut(None, "heartbeat timeout")
             if self._closed or self._close_sent:
@@ -111,7 +161,7 @@ class WebSocketConnection:
                 try:
                     received = await self._receive_some()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    received = b""
+                    received = None if self.timed_out else b""
                 if received is None:
                     self.timed_out = True
                     log.debug("%s missed its heartbeat", self._remote)
@@ -121,7 +171,7 @@ class WebSocketConnection:
                 await self._abort()
                 raise ConnectionClosed(1006, "connection lost")
             try:
-                pending.extend(self._reader.feed(data))
+                self._events = self._reader.feed(data)
             except ProtocolViolation as exc:
                 log.debug("protocol error from %s: %s", self._remote, exc.reason)
                 # close() waits for the client's answer, and nothing else bounds that
@@ -155,8 +205,13 @@ class WebSocketConnection:
     async def _receive_some(self) -> bytes | bytearray | None:
         """The next bytes from the client; None if it missed its heartbeat."""
         heartbeat = self._heartbeat
-        if heartbeat is None:
-            return await self._stream.receive_some(RECEIVE_SIZE)
+        if self._heartbeats is not None or heartbeat is None:
+            # No deadline here: the listener's timer pings, and wakes this read (the
+            # socket reports closed) if the client misses its heartbeat.
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+            self._last_heard = trio.current_time()
+            self._ping_deadline = None  # any traffic answers a ping
+            return data
         while True:
             if self._ping_deadline is None:
                 deadline = self._last_heard + heartbeat.interval
@@ -173,7 +228,50 @@ class WebSocketConnection:
             # (a client that reads nothing can have filled our socket buffer).
             self._ping_deadline = trio.current_time() + heartbeat.timeout
             with trio.move_on_at(self._ping_deadline), contextlib.suppress(ConnectionClosed):
-                await self._send_bytes(frames.frame(frames.OP_PING, b"meshroom"))
+                await self._send_bytes(_PING)
+
+    # Driven by Heartbeats (synchronously: the timer never waits for one connection)
+
+    def _ping_now(self) -> bool:
+        """Put a ping on the wire if the socket takes it at once; False to try again later.
+
+        Written straight to the socket, not through a task: the timer pings hundreds of
+        connections a second. Not while the writer holds the stream (a frame of its may
+        be half written); what the socket does not take now goes before the next write.
+        """
+        if self._broken or self._close_sent or self._closed:
+            return True  # nothing to ping
+        if self._send_lock.locked():
+            # The writer's next write takes it along (or the next sweep, if it comes first).
+            self._unsent = self._unsent or _PING
+            return False
+        data = self._unsent or _PING
+        stream = self._stream
+        assert isinstance(stream, trio.SocketStream)
+        try:
+            written = os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._broken = True  # the reader finds out at its next read
+            return True
+        self._unsent = data[written:]
+        return not self._unsent
+
+    def _time_out(self) -> None:
+        """The client missed its heartbeat: wake the reader, which raises ConnectionTimedOut.
+
+        notify_closing wakes whoever waits on the socket (the reader; a writer stuck on
+        a full buffer) with ClosedResourceError; the socket stays open for one try at
+        sending the close frame, then whoever owns the connection closes it.
+        """
+        self.timed_out = True
+        log.debug("%s missed its heartbeat", self._remote)
+        if self._heartbeats is not None:
+            self._heartbeats.discard(self)
+        stream = self._stream
+        assert isinstance(stream, trio.SocketStream)
+        trio.lowlevel.notify_closing(stream.socket)
 
     async def send(self, messages: Sequence[bytes]) -> None:
         if self._close_sent or self._closed:
@@ -191,12 +289,16 @@ class WebSocketConnection:
             # leave it marked broken. (On a TCP stream nothing yields between this and
             # send_all's own check; under TLS, SSLStream has a yield of its own in between.)
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self._unsent:  # the rest of a ping the timer could not write at once
+                data, self._unsent = self._unsent + data, b""
             sending = True
             try:
                 await self._stream.send_all(data)
                 sending = False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._broken = True
+                if self.timed_out:  # (the heartbeat timer woke this write)
+                    raise ConnectionTimedOut(self.close_code, "heartbeat timeout") from None
                 raise ConnectionClosed(self.close_code) from None
             finally:
                 if sending:
@@ -238,7 +340,67 @@ class WebSocketConnection:
 
     async def _abort(self) -> None:
         self._closed = True
+        if self._heartbeats is not None:
+            self._heartbeats.discard(self)
+            self._heartbeats = None
         await trio.aclose_forcefully(self._stream)
+
+
+class Heartbeats:
+    """One timer for the heartbeats of every connection of a listener.
+
+    Each connection's reader used to wait with a deadline (its next ping, or the
+    ping's answer): a cancel scope per read, a timer per connection, and a
+    Cancelled exception unwound through the reader's stack every quiet interval.
+    Here one task looks at every connection every ``tick`` seconds instead: it
+    pings those quiet for ``interval`` (writing the ping straight to the socket),
+    and times out those that stayed silent ``timeout`` seconds after their ping,
+    by waking their reader. So a ping goes out between ``interval`` and
+    ``interval + tick`` after a connection's last word, and a silent client is
+    found out between ``interval + timeout`` and ``interval + timeout + 2 tick``.
+    """
+
+    __slots__ = ("_connections", "heartbeat", "tick")
+
+    def __init__(self, heartbeat: Heartbeat, tick: float | None = None) -> None:
+        self.heartbeat = heartbeat
+        # A quarter of the shorter period: detection stays within half an interval of
+        # the self-timed one, and a sweep of 10,000 connections costs ~2 ms.
+        self.tick = tick if tick is not None else min(heartbeat.interval, heartbeat.timeout) / 4
+        self._connections: set[WebSocketConnection] = set()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, conn: WebSocketConnection) -> None:
+        self._connections.add(conn)
+
+    def discard(self, conn: WebSocketConnection) -> None:
+        self._connections.discard(conn)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sweep every ``tick`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.tick)
+            self.sweep(trio.current_time())
+
+    def sweep(self, now: float) -> None:
+        """Ping the connections quiet for an interval; time out those silent since their ping."""
+        interval, timeout = self.heartbeat.interval, self.heartbeat.timeout
+        dead = []
+        for conn in self._connections:
+            deadline = conn._ping_deadline
+            if deadline is None:
+                if now - conn._last_heard >= interval:
+                    conn._ping_deadline = now + timeout
+                    conn._ping_now()
+            elif now >= deadline:
+                dead.append(conn)
+            elif conn._unsent:
+                conn._ping_now()  # the socket was full: try the rest of the ping again
+        for conn in dead:
+            conn._time_out()
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +643,9 @@ async def serve_websocket(
             await trio.aclose_forcefully(stream)
             return
         conn, upgrade = accepted
+        del accepted
+        if heartbeats is not None:
+            conn.join_heartbeats(heartbeats)
         try:
             await handler(conn, upgrade)
         except Exception:
@@ -490,9 +655,15 @@ async def serve_websocket(
         finally:
             await conn._abort()
 
-    await trio.serve_listeners(
-        on_stream,
-        list(listeners),
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+    # One timer for every connection's heartbeat (those on plain TCP; a TLS one times
+    # itself). It stops with the accept loop: by then every connection is being closed.
+    heartbeats = Heartbeats(heartbeat) if heartbeat is not None else None
+    async with trio.open_nursery() as nursery:
+        if heartbeats is not None:
+            nursery.start_soon(heartbeats.run, name="websocket heartbeats")
+        await trio.serve_listeners(
+            on_stream,
+            list(listeners),
+            handler_nursery=handler_nursery,
+            task_status=task_status,
+        )
