@@ -88,6 +88,7 @@ class WebSocketConnection:
         "_reader",
         "_remote",
         "_send_lock",
+        "_socket",
         "_stream",
         "_unsent",
         "close_code",
@@ -104,6 +105,8 @@ class WebSocketConnection:
         initial: bytes = b"",
     ) -> None:
         self._stream = stream
+        # A plain TCP stream is read and written on its socket directly (see _read).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._remote = remote
         self._max = max_message_bytes
         self._reader = FrameReader(max_message_bytes)
@@ -134,7 +137,7 @@ class WebSocketConnection:
         Only a plain TCP stream can (the timer writes pings straight to its socket, and
         wakes its reader through the socket); False, and nothing changes, for others.
         """
-        if not isinstance(self._stream, trio.SocketStream) or self._closed:
+        if self._socket is None or self._closed:
             return False
         self._heartbeats = heartbeats
         heartbeats.add(self)
@@ -208,7 +211,7 @@ class WebSocketConnection:
         if self._heartbeats is not None or heartbeat is None:
             # No deadline here: the listener's timer pings, and wakes this read (the
             # socket reports closed) if the client misses its heartbeat.
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            data = await self._read()
             self._last_heard = trio.current_time()
             self._ping_deadline = None  # any traffic answers a ping
             return data
@@ -218,7 +221,7 @@ class WebSocketConnection:
             else:
                 deadline = self._ping_deadline
             with trio.move_on_at(deadline):
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._read()
                 self._last_heard = trio.current_time()
                 self._ping_deadline = None  # any traffic answers a ping
                 return data
@@ -229,6 +232,59 @@ class WebSocketConnection:
             self._ping_deadline = trio.current_time() + heartbeat.timeout
             with trio.move_on_at(self._ping_deadline), contextlib.suppress(ConnectionClosed):
                 await self._send_bytes(_PING)
+
+    async def _read(self) -> bytes | bytearray:
+        """``receive_some`` of the stream; on a plain TCP stream, straight from its socket.
+
+        trio's SocketStream.receive_some goes through five layers of coroutines and
+        context managers, and an idle reader keeps them all alive while it waits (and
+        the garbage collector walks them, again and again). This does what they do (try
+        the read, else wait until the socket is readable; a checkpoint either way) with
+        one wait. The descriptor is looked up each time: a closed socket has none, so a
+        late read can never touch another connection that reused the number.
+        """
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(RECEIVE_SIZE)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def _write(self, data: bytes) -> None:
+        """``send_all`` of the stream; on a plain TCP stream, straight to its socket."""
+        sock = self._socket
+        if sock is None:
+            await self._stream.send_all(data)
+            return
+        view: memoryview | None = None
+        sent = 0
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                sent += os.write(fd, data if view is None else view[sent:])
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+            if sent >= len(data):
+                break
+            if view is None:
+                view = memoryview(data)
+            await trio.lowlevel.wait_writable(sock)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     # Driven by Heartbeats (synchronously: the timer never waits for one connection)
 
@@ -246,10 +302,9 @@ class WebSocketConnection:
             self._unsent = self._unsent or _PING
             return False
         data = self._unsent or _PING
-        stream = self._stream
-        assert isinstance(stream, trio.SocketStream)
+        assert self._socket is not None
         try:
-            written = os.write(stream.socket.fileno(), data)
+            written = os.write(self._socket.fileno(), data)
         except BlockingIOError:
             written = 0
         except OSError:
@@ -269,9 +324,8 @@ class WebSocketConnection:
         log.debug("%s missed its heartbeat", self._remote)
         if self._heartbeats is not None:
             self._heartbeats.discard(self)
-        stream = self._stream
-        assert isinstance(stream, trio.SocketStream)
-        trio.lowlevel.notify_closing(stream.socket)
+        assert self._socket is not None
+        trio.lowlevel.notify_closing(self._socket)
 
     async def send(self, messages: Sequence[bytes]) -> None:
         if self._close_sent or self._closed:
@@ -293,7 +347,7 @@ class WebSocketConnection:
                 data, self._unsent = self._unsent + data, b""
             sending = True
             try:
-                await self._stream.send_all(data)
+                await self._write(data)
                 sending = False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._broken = True
