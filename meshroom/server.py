@@ -10,7 +10,8 @@ Task tree (every task has an owner)::
     ├── open_runtime              store + Hub.run (rooms, each a nursery of its peers)
     └── serving
         ├── accept loop           serve_websocket, in a cancel scope of its own
-        ├── connection handlers   one per client connection (Hub.serve)
+        ├── connection handlers   one per client connection until it joins a room
+        │                         (Hub.hand_over; the room's tasks own it from then on)
         └── HTTP                  hypercorn: REST API, Quart WebSocket, ops
 """
 
@@ -159,12 +160,14 @@ class Server:
             else None
         )
 
-        async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> None:
-            await hub.serve(
+        async def handle(conn: WebSocketConnection, upgrade: Upgrade) -> bool:
+            # Handed over: the room owns the connection from here (no task waits for it).
+            return await hub.hand_over(
                 conn,
                 token=upgrade.token,
                 resume_token=upgrade.resume_token,
                 last_seq=upgrade.last_seq,
+                done=conn.release,
             )
 
         # Socket.IO clients (/socket.io/) on the same port; their Engine.IO sessions

@@ -14,7 +14,7 @@ import collections
 import datetime as dt
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -251,10 +251,32 @@ class Hub:
         ``token`` (and ``resume_token``, ``last_seq``) when the transport took them from
         the URL; otherwise the first frame must be an ``auth`` request carrying them.
         """
+        finished = trio.Event()
+        if await self.hand_over(
+            conn, token=token, resume_token=resume_token, last_seq=last_seq, done=finished.set
+        ):
+            await finished.wait()
+
+    async def hand_over(
+        self,
+        conn: Connection,
+        *,
+        token: str | None = None,
+        resume_token: str | None = None,
+        last_seq: int | None = None,
+        done: Callable[[], None],
+    ) -> bool:
+        """Authenticate ``conn`` and give it to its room; :meth:`serve` without the wait.
+
+        True once a room has the connection: the room's tasks read, write and close it,
+        and call ``done()`` once they are finished with it. False if it was refused (and
+        closed, here). So a transport need not keep a task waiting for each joined
+        connection, as the standalone listener does not (a task costs ~3 KB per peer).
+        """
         request_id: RequestId | None = None
         if self.stopping:
             await self._refuse(conn, self._shutting_down(), None)
-            return
+            return False
         if token is None:
             with trio.CancelScope() as waiting:
                 self._unjoined.add(waiting)
@@ -262,14 +284,14 @@ class Hub:
                     token, resume_token, last_seq, request_id = await self._await_auth(conn)
                 except JoinRefused as refusal:
                     await self._refuse(conn, refusal, None)
-                    return
+                    return False
                 except ConnectionClosed:
-                    return
+                    return False
                 finally:
                     self._unjoined.discard(waiting)
             if token is None:  # the server began shutting down first
                 await self._refuse(conn, self._shutting_down(), None)
-                return
+                return False
         try:
             claims = verify_token(self.keys, token)
         except TokenError as exc:
@@ -279,13 +301,13 @@ class Hub:
                 JoinRefused(ErrorCode.AUTH_FAILED, CloseCode.AUTH_FAILED, str(exc)),
                 request_id,
             )
-            return
+            return False
         try:
-            done = await self._join(claims, conn, request_id, resume_token, last_seq)
+            await self._join(claims, conn, request_id, done, resume_token, last_seq)
         except JoinRefused as refusal:
             await self._refuse(conn, refusal, request_id)
-            return
-        await done.wait()
+            return False
+        return True
 
     def _shutting_down(self) -> JoinRefused:
         return JoinRefused(
@@ -355,10 +377,11 @@ class Hub:
         claims: Claims,
         conn: Connection,
         request_id: RequestId | None,
+        done: Callable[[], None],
         resume_token: str | None = None,
         last_seq: int | None = None,
-    ) -> trio.Event:
-        """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
+    ) -> None:
+        """Attach ``conn`` to its peer; ``done()`` is called when the room is done with it."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         self._check_may_join(meeting_id, emp_id)
         async with self._employee_locks.hold((meeting_id, emp_id)):
@@ -368,13 +391,10 @@ class Hub:
             if resume_token is not None:
                 # The access token proved who this is; the resume token proves it is the
                 # connection that held the place. Anything less is an ordinary join.
-                done = (
-                    room.resume(emp_id, resume_token, conn, request_id, last_seq)
-                    if room is not None
-                    else None
-                )
-                if done is not None:
-                    return done
+                if room is not None and room.resume(
+                    emp_id, resume_token, conn, done, request_id, last_seq
+                ):
+                    return
                 self._events.emit(ResumeRefused(meeting_id, emp_id))
             existing = room.member(emp_id) if room is not None else None
             if (
@@ -392,7 +412,7 @@ class Hub:
                 self._check_room_size(meeting_id, room)
             self._joining[meeting_id] = self._joining.get(meeting_id, 0) + 1
             try:
-                return await self._admit_and_attach(claims, conn, request_id, room)
+                await self._admit_and_attach(claims, conn, request_id, room, done)
             finally:
                 self._joining[meeting_id] -= 1
                 if not self._joining[meeting_id]:
@@ -408,8 +428,13 @@ class Hub:
             )
 
     async def _admit_and_attach(
-        self, claims: Claims, conn: Connection, request_id: RequestId | None, room: Room | None
-    ) -> trio.Event:
+        self,
+        claims: Claims,
+        conn: Connection,
+        request_id: RequestId | None,
+        room: Room | None,
+        done: Callable[[], None],
+    ) -> None:
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         joined_at = utcnow()
         admission = await self._admit(claims, joined_at)
@@ -435,9 +460,7 @@ class Hub:
             joined_at=joined_at,
             outbox_size=self._config.outbox_size,
         )
-        done = trio.Event()
-        room.attach(peer, conn, request_id, done)
-        return done
+        room.attach(peer, conn, done, request_id)
 
     async def _admit(self, claims: Claims, at: dt.datetime) -> Admission:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ class Takeover:
 
     conn: Connection
     request_id: Any
-    done: trio.Event  # set once the room is finished with ``conn``
+    done: Callable[[], None]  # called once the room is finished with ``conn``
     last_seq: int | None  # the last frame the client says it has (None: it did not say)
 
 

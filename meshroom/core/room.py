@@ -170,13 +170,13 @@ class Room:
         self,
         peer: Peer,
         conn: Connection,
+        done: Callable[[], None],
         request_id: Any = None,
-        done: trio.Event | None = None,
     ) -> None:
         """Admit an authenticated peer: snapshot to it, ``peer:joined`` to the others.
 
         Synchronous on purpose: between the check that a room is open and the
-        moment the peer is in it, nothing else can run. ``done`` is set once the
+        moment the peer is in it, nothing else can run. ``done()`` is called once the
         room is finished with ``conn`` (the peer may live on, resumed elsewhere).
         """
         assert self._nursery is not None and not self.closed
@@ -194,8 +194,6 @@ class Room:
             self._restore_roles_after_host_return()
         elif existing is not None and existing.role is Role.HOST:
             self._hand_over_host()  # an acting host reconnected: the room keeps a host
-        if done is None:
-            done = trio.Event()
         self._nursery.start_soon(self._run_peer, peer, conn, done, name=f"peer:{peer.emp_id}")
 
     def member(self, emp_id: str) -> Peer | None:
@@ -222,18 +220,19 @@ class Room:
         emp_id: str,
         resume_token: str,
         conn: Connection,
+        done: Callable[[], None],
         request_id: Any = None,
         last_seq: int | None = None,
-    ) -> trio.Event | None:
+    ) -> bool:
         """Hand ``conn`` to the member ``emp_id`` if ``resume_token`` is its current one.
 
         Works whether the peer is detached or still live (its client may have
         noticed the drop first); the old connection is then closed (4013). The token
         is used up at once; the new connection gets a fresh one in ``room:resumed``,
         then every frame after ``last_seq`` (the last one the client has), exactly once.
-        Returns the event set once the room is done with ``conn``, or None (nothing
-        changed) if the peer is not here, is leaving, the token is wrong, or a frame
-        the client lacks is no longer kept (it then joins afresh).
+        True if it did (``done()`` is then called once the room is done with ``conn``);
+        False (nothing changed) if the peer is not here, is leaving, the token is wrong,
+        or a frame the client lacks is no longer kept (it then joins afresh).
         Synchronous, like :meth:`attach`.
         """
         peer = self.peers.get(emp_id)
@@ -245,11 +244,10 @@ class Room:
             or not peer.resume_token_matches(resume_token)
             or not peer.can_replay_after(last_seq)
         ):
-            return None
+            return False
         peer.resume_token = None
         was_detached = peer.detached
         peer.life.resume()
-        done = trio.Event()
         peer.takeover = Takeover(conn, request_id, done, last_seq)
         # The old connection's writer stops now (what it wrote is kept in peer.sent);
         # what is queued from here on goes to the new connection.
@@ -260,7 +258,7 @@ class Room:
             # request is left to finish it (cancelling a host command halfway could leave
             # it half done) and stops before reading again.
             peer.read_scope.cancel()
-        return done
+        return True
 
     def remove(self, peer: Peer, exit: Exit, *, cancel: bool = True) -> bool:
         """Take a member out of the room now. False if it was no longer a member.
@@ -345,7 +343,7 @@ class Room:
 
     # A peer's life: one task per peer, a connection at a time, one teardown
 
-    async def _run_peer(self, peer: Peer, conn: Connection, done: trio.Event) -> None:
+    async def _run_peer(self, peer: Peer, conn: Connection, done: Callable[[], None]) -> None:
         """The peer's whole membership: its connections in turn, then its teardown."""
         current: Connection | None = conn
         try:
@@ -372,7 +370,7 @@ class Room:
             with trio.CancelScope(shield=True):
                 await self._teardown(peer, current, done)
 
-    def _switch_to_takeover(self, peer: Peer) -> tuple[Connection, trio.Event]:
+    def _switch_to_takeover(self, peer: Peer) -> tuple[Connection, Callable[[], None]]:
         """The resuming connection becomes the peer's; its first frame is ``room:resumed``."""
         takeover = peer.takeover
         assert takeover is not None
@@ -449,7 +447,7 @@ class Room:
         peer.outbox_closed = True
 
     async def _close_connection(
-        self, peer: Peer, conn: Connection, outcome: Outcome, done: trio.Event
+        self, peer: Peer, conn: Connection, outcome: Outcome, done: Callable[[], None]
     ) -> None:
         """Close a connection the peer no longer uses; ``done`` tells its transport."""
         if outcome is Outcome.TAKEOVER:
@@ -461,9 +459,11 @@ class Room:
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                 await conn.close(code, reason)
         finally:
-            done.set()
+            done()
 
-    async def _teardown(self, peer: Peer, conn: Connection | None, done: trio.Event) -> None:
+    async def _teardown(
+        self, peer: Peer, conn: Connection | None, done: Callable[[], None]
+    ) -> None:
         """The one way a peer ends: out of the room, connections closed, leave recorded."""
         if peer.life.exit is None:
             # Cancelled from outside (the hub stopping) without being told why.
@@ -481,14 +481,14 @@ class Room:
                 for each in closing:
                     nursery.start_soon(each.close, exit.close_code, exit.close_reason)
         if takeover is not None:
-            takeover.done.set()
+            takeover.done()
         if not exit.row_closed:
             # A peer whose connection dropped left when it dropped; one that was removed,
             # when it was removed (not when its close handshake finished).
             left_at = peer.dropped_at or peer.removed_at or utcnow()
             await self.owner.record_leave(Leave(peer.attendance_id, left_at, exit.reason.value))
         peer.life.finish()
-        done.set()  # the last connection's serve() returns once its leave is written
+        done()  # the last connection's serve() returns once its leave is written
         self.events.emit(PeerFinished(self.id, peer.emp_id, exit.reason, peer.attendance_id))
         peer.mark_finished()
         self._maybe_close()

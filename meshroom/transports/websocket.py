@@ -16,6 +16,7 @@ arrives within ``heartbeat_timeout`` seconds more, ``receive`` raises
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 
 _NO_EVENTS: Final[list[frames.Event]] = []  # shared, never appended to
 _PING: Final = frames.frame(frames.OP_PING, b"meshroom")
+# accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_RETRY: Final = 0.1
 
 RECEIVE_SIZE: Final = 65536
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -84,6 +90,7 @@ class WebSocketConnection:
         "_last_heard",
         "_max",
         "_next_event",
+        "_on_release",
         "_ping_deadline",
         "_reader",
         "_remote",
@@ -125,11 +132,30 @@ class WebSocketConnection:
         self._ping_deadline: float | None = None  # set while a ping awaits an answer
         # Bytes of a ping the socket did not take at once: they go out before anything else.
         self._unsent = b""
+        # Called once by release() (the listener's connection slot, for one handed over).
+        self._on_release: Callable[[], None] | None = None
         self.timed_out = False
 
     @property
     def remote(self) -> str:
         return self._remote
+
+    def release(self) -> None:
+        """Its owner is done with it (and has closed it): give back what the listener holds.
+
+        For a connection the listener handed over (see ConnectionHandler), the owner's
+        ``done``. Closes the socket if the owner somehow did not; idempotent.
+        """
+        if not self._closed:
+            self._closed = True
+            if self._heartbeats is not None:
+                self._heartbeats.discard(self)
+                self._heartbeats = None
+            if self._socket is not None:
+                self._socket.close()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
 
     def join_heartbeats(self, heartbeats: Heartbeats) -> bool:
         """Let ``heartbeats`` ping this connection instead of timing itself.
@@ -487,7 +513,10 @@ def parse_last_seq(value: str | None) -> int | None:
     return int(value)
 
 
-ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[None]]
+# Serves one accepted connection. It may return True: it handed the connection over (to
+# a room, see Hub.hand_over), whose owner closes it and then calls conn.release(); the
+# listener then keeps no task for it. Otherwise the listener closes it when this returns.
+ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[bool | None]]
 # Serves a raw stream whose request the listener routed elsewhere (see serve_websocket's
 # extra_route): (stream, the bytes already read off it, remote address).
 StreamRoute = Callable[[trio.abc.Stream, bytes, str], Awaitable[None]]
@@ -652,12 +681,15 @@ async def serve_websocket(
                     await accept_websocket(stream, path=path, remote="?", full=True)
             await trio.aclose_forcefully(stream)
             return
+        handed_over = False
         try:
-            await _serve_stream(stream)
+            handed_over = await _serve_stream(stream)
         finally:
-            slots.release()
+            if not handed_over:
+                slots.release()  # (a connection handed over releases it: conn.release)
+                await trio.aclose_forcefully(stream)
 
-    async def _serve_stream(stream: trio.abc.Stream) -> None:
+    async def _serve_stream(stream: trio.abc.Stream) -> bool:
         remote = _remote_of(stream)
         accepted = None
         received = b""
@@ -668,7 +700,7 @@ async def serve_websocket(
                     received = await _request_line(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await trio.aclose_forcefully(stream)
-                    return
+                    return False
             if _targets(received, extra_route[0]):
                 try:
                     await extra_route[1](stream, received, remote)
@@ -676,7 +708,7 @@ async def serve_websocket(
                     log.exception("extra route failed for %s", remote)
                 finally:
                     await trio.aclose_forcefully(stream)
-                return
+                return False
         try:
             with trio.move_on_at(deadline):
                 accepted = await accept_websocket(
@@ -689,25 +721,30 @@ async def serve_websocket(
                     received=received,
                 )
                 if accepted is None:
-                    return
+                    return False
             if accepted is None:  # the handshake timed out
                 await trio.aclose_forcefully(stream)
-                return
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(stream)
-            return
+            return False
         conn, upgrade = accepted
         del accepted
         if heartbeats is not None:
             conn.join_heartbeats(heartbeats)
+        conn._on_release = slots.release
+        handed_over = False
         try:
-            await handler(conn, upgrade)
+            handed_over = bool(await handler(conn, upgrade))
         except Exception:
             log.exception("connection handler failed for %s", remote)
             with trio.move_on_after(1):
                 await conn.close(1011, "internal error")
         finally:
-            await conn._abort()
+            if not handed_over:
+                conn._on_release = None
+                await conn._abort()
+        return handed_over
 
     # One timer for every connection's heartbeat (those on plain TCP; a TLS one times
     # itself). It stops with the accept loop: by then every connection is being closed.
@@ -715,9 +752,29 @@ async def serve_websocket(
     async with trio.open_nursery() as nursery:
         if heartbeats is not None:
             nursery.start_soon(heartbeats.run, name="websocket heartbeats")
-        await trio.serve_listeners(
-            on_stream,
-            list(listeners),
-            handler_nursery=handler_nursery,
-            task_status=task_status,
-        )
+        handlers = handler_nursery if handler_nursery is not None else nursery
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, handlers, on_stream)
+        task_status.started(list(listeners))
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[Any],
+    handlers: trio.Nursery,
+    on_stream: Callable[[trio.abc.Stream], Awaitable[None]],
+) -> None:
+    """trio.serve_listeners' accept loop, less its closing of a stream once its handler
+    returns: a connection handed over to a room outlives its handler task."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "accept failed: %s; retrying in %s s", os.strerror(exc.errno), _ACCEPT_RETRY
+                )
+                await trio.sleep(_ACCEPT_RETRY)
+            else:
+                handlers.start_soon(on_stream, stream)
