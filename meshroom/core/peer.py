@@ -171,11 +171,19 @@ class Peer:
         numbered = [
             frame[:-1] + b',"seq":%d}' % seq for seq, frame in enumerate(frames, self.next_seq)
         ]
+        kept = numbered
+        if self.next_seq == 1 and self.keep:
+            # The peer's first frame, room:joined, is never kept: it carries the resume
+            # token, so a client that lacks it cannot resume at all (it joins afresh).
+            # It is the largest frame an idle peer would otherwise keep (~2 KB in a room
+            # of 20) until its client's first acknowledgement.
+            kept = numbered[1:]
+            self.dropped_through, self.sent_from = 1, 2
         self.next_seq += len(numbered)
         if self.keep:
             sent = self.sent
-            sent.extend(numbered)
-            self.sent_bytes += sum(map(len, numbered))
+            sent.extend(kept)
+            self.sent_bytes += sum(map(len, kept))
             # Bounded in frames and in bytes: past either, the oldest are given up (a
             # client that needs them after a drop then joins afresh).
             drop = max(0, len(sent) - self.keep)

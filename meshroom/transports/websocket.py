@@ -196,11 +196,13 @@ class WebSocketConnection:
                     log.debug("%s missed its heartbeat", self._remote)
                     raise ConnectionTimedOut(None, "heartbeat timeout")
                 data = bytes(received)
+                del received
             if not data:
                 await self._abort()
                 raise ConnectionClosed(1006, "connection lost")
             try:
                 self._events = self._reader.feed(data)
+                del data  # (an idle reader waits holding none of its last read)
             except ProtocolViolation as exc:
                 log.debug("protocol error from %s: %s", self._remote, exc.reason)
                 # close() waits for the client's answer, and nothing else bounds that
