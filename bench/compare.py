@@ -93,7 +93,7 @@ def run_once(
     if args.duration is not None and scenario == "relay":
         command += ["--duration", str(args.duration)]
     if scenario == "capacity":
-        command += [str(args.capacity_peers), "--targets", "meshroom"]
+        command += ["--peers", str(args.capacity_peers), "--targets", "meshroom"]
     env = dict(os.environ)
     if revision is not None:
         env["MESHROOM_BENCH_REVISION"] = revision
