@@ -274,6 +274,7 @@ async def run(args: argparse.Namespace) -> str:
         attendance_journal=str(workdir / "meshroom.journal"),
         rate_limit=0,
         max_room_peers=0,
+        **({"heartbeat_interval": args.server_heartbeat} if args.server_heartbeat else {}),
         log_level="WARNING",
     )
     keys = TokenKeys.shared_secret(secret)
@@ -421,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu",
         action="store_true",
         help="measure the server's idle CPU over the hold (no tracemalloc) instead of memory",
+    )
+    p.add_argument(
+        "--server-heartbeat",
+        type=float,
+        help="the server's heartbeat interval, seconds (default: meshroom's, 10)",
     )
     p.add_argument("--profile", type=Path, help="with --cpu: cProfile the hold into this file")
     args = p.parse_args(argv)
