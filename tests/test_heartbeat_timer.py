@@ -159,10 +159,17 @@ async def test_a_writer_stuck_on_a_client_that_reads_nothing_is_timed_out_too(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     # The client reads nothing: the socket buffer fills, and the writer waits on it. The
-    # ping cannot go out then (the writer holds the stream); the deadline still runs.
+    # ping cannot go out then (the writer holds the stream); the deadline still runs, and
+    # both the reader and the stuck writer find out.
     conn, _client, heartbeats = await _connection(mock_clock)
     start = trio.current_time()
     failures: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await conn.receive()
+        except ConnectionTimedOut as exc:
+            failures.append(exc)
 
     async def write() -> None:
         try:
@@ -172,9 +179,40 @@ async def test_a_writer_stuck_on_a_client_that_reads_nothing_is_timed_out_too(
             failures.append(exc)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
         nursery.start_soon(write)
         await trio.testing.wait_all_tasks_blocked()
         _sweep_at(mock_clock, heartbeats, start + 10)
         _sweep_at(mock_clock, heartbeats, start + 15)
-    assert [type(e) for e in failures] == [ConnectionTimedOut]
+    assert [type(e) for e in failures] == [ConnectionTimedOut, ConnectionTimedOut]
     assert conn.timed_out
+
+
+async def test_a_connection_is_judged_only_while_its_reader_waits(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # A request the server is busy with never counts against the client: no reader, no
+    # ping and no timeout, however long; once it waits again, the count resumes.
+    conn, client, heartbeats = await _connection(mock_clock)
+    start = trio.current_time()
+    _sweep_at(mock_clock, heartbeats, start + 100)
+    assert client.pending() == []
+    assert not conn.timed_out
+    outcome: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await conn.receive()
+        except ConnectionTimedOut as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        _sweep_at(mock_clock, heartbeats, start + 101)  # quiet for long: pinged at once
+        assert [type(e) for e in client.pending()] == [Ping]
+        _sweep_at(mock_clock, heartbeats, start + 105.5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == []
+        _sweep_at(mock_clock, heartbeats, start + 106)
+    assert [type(e) for e in outcome] == [ConnectionTimedOut]

@@ -98,6 +98,7 @@ class WebSocketConnection:
         "_socket",
         "_stream",
         "_unsent",
+        "_waiting",
         "close_code",
         "timed_out",
     )
@@ -132,6 +133,9 @@ class WebSocketConnection:
         self._ping_deadline: float | None = None  # set while a ping awaits an answer
         # Bytes of a ping the socket did not take at once: they go out before anything else.
         self._unsent = b""
+        # The reader is waiting for input: only then does the heartbeat timer judge it (a
+        # request the server is busy with never counts against the client).
+        self._waiting = False
         # Called once by release() (the listener's connection slot, for one handed over).
         self._on_release: Callable[[], None] | None = None
         self.timed_out = False
@@ -239,7 +243,11 @@ class WebSocketConnection:
         if self._heartbeats is not None or heartbeat is None:
             # No deadline here: the listener's timer pings, and wakes this read (the
             # socket reports closed) if the client misses its heartbeat.
-            data = await self._read()
+            self._waiting = True
+            try:
+                data = await self._read()
+            finally:
+                self._waiting = False
             self._last_heard = trio.current_time()
             self._ping_deadline = None  # any traffic answers a ping
             return data
@@ -440,6 +448,7 @@ class Heartbeats:
     by waking their reader. So a ping goes out between ``interval`` and
     ``interval + tick`` after a connection's last word, and a silent client is
     found out between ``interval + timeout`` and ``interval + timeout + 2 tick``.
+    As before, a connection is judged only while its reader waits for input.
     """
 
     __slots__ = ("_connections", "heartbeat", "tick")
@@ -472,6 +481,8 @@ class Heartbeats:
         interval, timeout = self.heartbeat.interval, self.heartbeat.timeout
         dead = []
         for conn in self._connections:
+            if not conn._waiting:
+                continue  # busy with what the client sent, or not reading yet: not judged
             deadline = conn._ping_deadline
             if deadline is None:
                 if now - conn._last_heard >= interval:
