@@ -6,11 +6,14 @@ connection is one trio stream with no extra tasks or queues of its own: the room
 core's writer task calls :meth:`WebSocketConnection.send` with every message it
 has queued, and they leave in a single ``send_all``.
 
-Heartbeats need no task either: the task that reads (the core's reader) waits
-for input at most ``heartbeat_interval`` seconds; when the line has been quiet
-that long it sends a Ping, and when nothing at all (a Pong or anything else)
-arrives within ``heartbeat_timeout`` seconds more, ``receive`` raises
-:class:`~meshroom.core.connection.ConnectionTimedOut`.
+Heartbeats take one task per listener, not one per connection: :class:`Heartbeats`
+looks at every connection a few times per interval, sends a Ping to one quiet for
+``heartbeat_interval`` seconds, and when nothing at all (a Pong or anything else)
+arrives within ``heartbeat_timeout`` seconds more, wakes its reader, whose
+``receive`` raises :class:`~meshroom.core.connection.ConnectionTimedOut`. (A
+connection used on its own, or over TLS, times its own reads instead.) Once a
+connection has joined a room, the listener hands it over (see ``ConnectionHandler``)
+and keeps no task for it.
 """
 
 from __future__ import annotations
