@@ -11,6 +11,10 @@ if __name__ == "__main__":
         from bench.cluster import main as cluster
 
         sys.exit(cluster(sys.argv[2:]))
+    if sys.argv[1:2] == ["idle"]:
+        from bench.idle import main as idle
+
+        sys.exit(idle(sys.argv[2:]))
     from bench.cli import main
 
     sys.exit(main())

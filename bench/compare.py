@@ -33,7 +33,10 @@ HEADLINES = {
     "mesh": ("converge_s", "lower"),
     "teardown": ("all_closed_s", "lower"),
     "storm": ("joins_per_s", "higher"),
+    "capacity": ("kb_per_peer", "lower"),
 }
+# Numbers reported beside the headline (from the same best run), by scenario.
+EXTRAS = {"capacity": [("idle server CPU %", "server_cpu")]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("rev", help="the git revision to compare against (e.g. HEAD~1, a tag)")
     p.add_argument(
-        "--scenarios", default="relay,mesh", help="comma-separated: relay, mesh, teardown, storm"
+        "--scenarios",
+        default="relay,mesh",
+        help="comma-separated: relay, mesh, teardown, storm, capacity",
+    )
+    p.add_argument(
+        "--capacity-peers",
+        type=int,
+        default=5000,
+        help="capacity: idle peers held (meshroom only, no naive run; the default 20 s hold)",
     )
     p.add_argument("--rounds", type=int, default=2, help="runs per side and scenario")
     p.add_argument("--duration", type=float, help="seconds per relay measurement")
@@ -81,6 +92,8 @@ def run_once(
     command += ["--timeout", str(args.timeout)]
     if args.duration is not None and scenario == "relay":
         command += ["--duration", str(args.duration)]
+    if scenario == "capacity":
+        command += ["--peers", str(args.capacity_peers), "--targets", "meshroom"]
     env = dict(os.environ)
     if revision is not None:
         env["MESHROOM_BENCH_REVISION"] = revision
@@ -102,7 +115,10 @@ def side_result(report: dict[str, Any], scenario: str) -> dict[str, float | None
         (r["ratio"] for r in report.get("ratios_to_naive") or [] if r["target"] == "meshroom"),
         None,
     )
-    return {"headline": mine.get(key), "to_naive": ratio}
+    result = {"headline": mine.get(key), "to_naive": ratio}
+    for _, extra in EXTRAS.get(scenario, []):
+        result[extra] = mine.get(extra)
+    return result
 
 
 def _number(value: float | None) -> str:
@@ -172,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{rev_['to_naive']:.2f}" if rev_["to_naive"] is not None else "-",
         )
     console.print(table)
+    for scenario, best in comparison["scenarios"].items():
+        for label, extra in EXTRAS.get(scenario, []):
+            console.print(
+                f"{scenario} {label} (of each side's best run): working tree "
+                f"{_number(best['tree'].get(extra))}, {args.rev} {_number(best['rev'].get(extra))}"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(comparison, indent=2) + "\n")

@@ -103,6 +103,6 @@ def server_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 async def start_server(nursery: trio.Nursery, settings: Settings) -> RunningServer:
-    server = Server(settings)
+    server = Server(settings, tune_gc=False)  # (the test process keeps CPython's defaults)
     await nursery.start(server.run)
     return RunningServer(server, settings)

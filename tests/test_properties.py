@@ -319,7 +319,7 @@ async def _scenario(batches_: list[list[Op]], resume_grace: float = 0) -> list[s
             for peer in peers:
                 if not peer.finished.is_set():
                     w.fail(f"{peer} never finished")
-                if peer.outbox_reader.statistics().open_send_channels:
+                if not peer.outbox_closed:
                     w.fail(f"{peer}'s outbox is still open")
             if kept.room_locks or kept.employee_locks or kept.joining or kept.unjoined:
                 w.fail(f"the hub kept locks or join bookkeeping: {kept}")

@@ -211,6 +211,8 @@ async def test_resume_credential_is_single_use(mock_clock, real_time_watchdog):
         assert replay["event"] == "room:joined"
         left = await alice.wait_for("peer:left", empId="bob")
         assert left["data"]["reason"] == "replaced"
+        # (Alice hears of it as bob2's close is under way: the two are not ordered.)
+        await bob2.closed.wait()
         assert bob2.close_code == 4007
         assert h.metrics.resumes.labels("refused")._value.get() == 1
         assert h.metrics.resumes.labels("resumed")._value.get() == 1

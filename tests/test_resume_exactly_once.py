@@ -218,3 +218,28 @@ async def test_exactly_once_over_the_wire_with_the_python_client(tmp_path):
                         assert bob2.last_seq == read[2]["seq"] + 5
                         await bob2.leave()
             server.server.request_shutdown()
+
+
+def test_room_joined_is_numbered_but_never_kept_for_a_replay():
+    # It carries the resume token: a client without it cannot resume, so keeping it
+    # (the largest frame an idle peer holds) would only cost memory.
+    import datetime as dt
+
+    from meshroom.core.peer import Peer
+
+    peer = Peer(
+        emp_id="bob",
+        display_name="Bob",
+        role=Role.PARTICIPANT,
+        attendance_id=1,
+        joined_at=dt.datetime.now(dt.UTC),
+        outbox_size=16,
+    )
+    peer.keep = 16
+    joined, first, second = peer.number([b'{"event":"room:joined"}', b'{"n":1}', b'{"n":2}'])
+    assert joined.endswith(b',"seq":1}')
+    assert peer.sent == [first, second]
+    assert not peer.can_replay_after(0)  # it would need room:joined: join afresh instead
+    assert peer.can_replay_after(1)
+    assert peer.replay_after(1) == [first, second]
+    assert peer.replay_after(2) == [second]

@@ -14,7 +14,7 @@ import collections
 import datetime as dt
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -276,6 +276,32 @@ class Hub:
         if auth is not None:
             await self.serve_authenticated(conn, auth)
 
+    async def hand_over(
+        self,
+        conn: Connection,
+        *,
+        token: str | None = None,
+        resume_token: str | None = None,
+        last_seq: int | None = None,
+        request_id: RequestId | None = None,
+        done: Callable[[], None],
+    ) -> bool:
+        """Authenticate ``conn`` and give it to its room; :meth:`serve` without the wait.
+
+        True once a room has the connection: the room's tasks read, write and close it,
+        and call ``done()`` once they are finished with it. False if it was refused (and
+        closed, here). So a transport need not keep a task waiting for each joined
+        connection, as the standalone listener does not (a task costs ~3 KB per peer).
+        """
+        auth = await self.authenticate(
+            conn,
+            token=token,
+            resume_token=resume_token,
+            last_seq=last_seq,
+            request_id=request_id,
+        )
+        return auth is not None and await self.hand_over_authenticated(conn, auth, done=done)
+
     async def authenticate(
         self,
         conn: Connection,
@@ -321,14 +347,22 @@ class Hub:
 
     async def serve_authenticated(self, conn: Connection, auth: Authenticated) -> None:
         """Join the authenticated connection to its room and return when it is done there."""
+        finished = trio.Event()
+        if await self.hand_over_authenticated(conn, auth, done=finished.set):
+            await finished.wait()
+
+    async def hand_over_authenticated(
+        self, conn: Connection, auth: Authenticated, *, done: Callable[[], None]
+    ) -> bool:
+        """Give the authenticated connection to its room (see :meth:`hand_over`)."""
         try:
-            done = await self._join(
-                auth.claims, conn, auth.request_id, auth.resume_token, auth.last_seq
+            await self._join(
+                auth.claims, conn, auth.request_id, done, auth.resume_token, auth.last_seq
             )
         except JoinRefused as refusal:
             await self._refuse(conn, refusal, auth.request_id)
-            return
-        await done.wait()
+            return False
+        return True
 
     async def refuse(
         self, conn: Connection, refusal: JoinRefused, request_id: RequestId | None
@@ -404,10 +438,11 @@ class Hub:
         claims: Claims,
         conn: Connection,
         request_id: RequestId | None,
+        done: Callable[[], None],
         resume_token: str | None = None,
         last_seq: int | None = None,
-    ) -> trio.Event:
-        """Attach ``conn`` to its peer; the event is set when the room is done with ``conn``."""
+    ) -> None:
+        """Attach ``conn`` to its peer; ``done()`` is called when the room is done with it."""
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         self._check_may_join(meeting_id, emp_id)
         if self.claims is not None:
@@ -419,13 +454,10 @@ class Hub:
             if resume_token is not None:
                 # The access token proved who this is; the resume token proves it is the
                 # connection that held the place. Anything less is an ordinary join.
-                done = (
-                    room.resume(emp_id, resume_token, conn, request_id, last_seq)
-                    if room is not None
-                    else None
-                )
-                if done is not None:
-                    return done
+                if room is not None and room.resume(
+                    emp_id, resume_token, conn, done, request_id, last_seq
+                ):
+                    return
                 self._events.emit(ResumeRefused(meeting_id, emp_id))
             existing = room.member(emp_id) if room is not None else None
             if (
@@ -443,7 +475,7 @@ class Hub:
                 self._check_room_size(meeting_id, room)
             self._joining[meeting_id] = self._joining.get(meeting_id, 0) + 1
             try:
-                return await self._admit_and_attach(claims, conn, request_id, room)
+                await self._admit_and_attach(claims, conn, request_id, room, done)
             finally:
                 self._joining[meeting_id] -= 1
                 if not self._joining[meeting_id]:
@@ -459,8 +491,13 @@ class Hub:
             )
 
     async def _admit_and_attach(
-        self, claims: Claims, conn: Connection, request_id: RequestId | None, room: Room | None
-    ) -> trio.Event:
+        self,
+        claims: Claims,
+        conn: Connection,
+        request_id: RequestId | None,
+        room: Room | None,
+        done: Callable[[], None],
+    ) -> None:
         meeting_id, emp_id = claims.meeting_id, claims.emp_id
         joined_at = utcnow()
         admission = await self._admit(claims, joined_at)
@@ -486,9 +523,7 @@ class Hub:
             joined_at=joined_at,
             outbox_size=self._config.outbox_size,
         )
-        done = trio.Event()
-        room.attach(peer, conn, request_id, done)
-        return done
+        room.attach(peer, conn, done, request_id)
 
     async def _admit(self, claims: Claims, at: dt.datetime) -> Admission:
         try:

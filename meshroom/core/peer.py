@@ -3,7 +3,8 @@
 Its state (live, detached, closing, ...) and how it ends live in
 :class:`~meshroom.core.lifecycle.Lifecycle`; this module holds the identity and
 the per-peer plumbing the room drives: a bounded outbox drained by a writer
-task, the cancel scopes that stop its reader and writer, and the resume token.
+task (one runs only while there is something to write), the cancel scopes that
+stop its reader and writer, and the resume token.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,12 +34,51 @@ class Takeover:
 
     conn: Connection
     request_id: Any
-    done: trio.Event  # set once the room is finished with ``conn``
+    done: Callable[[], None]  # called once the room is finished with ``conn``
     last_seq: int | None  # the last frame the client says it has (None: it did not say)
 
 
 class Peer:
-    """Identity, presence and the per-peer plumbing: an outbound queue and cancel scopes."""
+    """Identity, presence and the per-peer plumbing: an outbound queue and cancel scopes.
+
+    Ten thousand idle peers are held at once, so what each one holds is kept small:
+    slots instead of an instance dict, plain lists that stay empty (no deque block)
+    until used, and the :attr:`finished` event made only when somebody waits for it.
+    """
+
+    __slots__ = (
+        "_finished",
+        "acting_host_from",
+        "attendance_id",
+        "conn",
+        "display_name",
+        "dropped_at",
+        "dropped_through",
+        "emp_id",
+        "grace_ends",
+        "joined_at",
+        "keep",
+        "latency_samples",
+        "life",
+        "next_seq",
+        "outbox",
+        "outbox_closed",
+        "outbox_size",
+        "presence",
+        "read_scope",
+        "receiving",
+        "removed_at",
+        "resend",
+        "resume_token",
+        "role",
+        "sent",
+        "sent_bytes",
+        "sent_from",
+        "takeover",
+        "writer",
+        "writer_exited",
+        "written_through",
+    )
 
     def __init__(
         self,
@@ -59,14 +99,21 @@ class Peer:
         self.presence: dict[str, bool] = {"muted": False, "cameraOff": False, "handRaised": False}
         # Set when this peer became host because the host left; the role it goes back to.
         self.acting_host_from: Role | None = None
-        # Bounded: a relay never waits on a slow reader; overflow disconnects that reader.
-        self.outbox, self.outbox_reader = trio.open_memory_channel[bytes](outbox_size)
+        # Frames queued for the client, oldest first. Bounded by outbox_size: a relay never
+        # waits on a slow reader; overflow disconnects that reader (Room.send). Drained by a
+        # writer task that runs only while there is something to write (Room._write_loop):
+        # ``writer`` is its cancel scope, None when no writer runs.
+        self.outbox: list[bytes] = []
+        self.outbox_size = outbox_size
+        self.outbox_closed = False  # the peer is ending: nothing more is queued
+        self.writer: trio.CancelScope | None = None
+        self.conn: Connection | None = None  # the connection a writer would write to, if any
+        self.writer_exited: trio.Event | None = None  # made by whoever waits for the writer
         # Cancelling this stops the peer reading (or waiting while detached).
         self.read_scope = trio.CancelScope()
-        self.write_scope = trio.CancelScope()  # the writer's, cancelled when a resume takes over
         # trio.current_time() of sampled relays queued to this peer.
-        self.latency_samples: deque[float] = deque()
-        self.finished = trio.Event()  # set when the teardown is complete
+        self.latency_samples: list[float] = []
+        self._finished: trio.Event | None = None  # see finished
         # Resume: the credential the current connection was given (None when resume is
         # off, or once it was used), when its connection dropped, the deadline of its kept
         # place, and a connection that is taking over.
@@ -80,8 +127,10 @@ class Peer:
         # numbered frames the client has not acknowledged are kept (up to ``keep``), so a
         # resume replays exactly what follows the last one the client says it has.
         self.next_seq = 1
-        # Consecutive frames: sent[0] is seq sent_from (the next seq when it is empty).
-        self.sent: deque[bytes] = deque()
+        # Consecutive frames: sent[0] is seq sent_from (the next seq when it is empty). A
+        # list, not a deque: an empty deque costs a 640-byte block, and frames leave it in
+        # runs (an acknowledgement, the bound), each one ``del sent[:n]``.
+        self.sent: list[bytes] = []
         self.sent_from = 1
         self.sent_bytes = 0
         self.keep = 0  # how many unacknowledged frames to keep; 0 = none (resume off)
@@ -89,6 +138,20 @@ class Peer:
         self.written_through = 0  # the newest seq whose write completed
         # What the next connection sends before anything else: room:resumed and the replay.
         self.resend: list[bytes] = []
+
+    @property
+    def finished(self) -> trio.Event:
+        """Set when the teardown is complete (made on first use: most peers are never awaited)."""
+        if self._finished is None:
+            self._finished = trio.Event()
+            if self.life.state is PeerState.GONE:
+                self._finished.set()
+        return self._finished
+
+    def mark_finished(self) -> None:
+        """The teardown is complete (the lifecycle has moved to GONE)."""
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def state(self) -> PeerState:
@@ -108,17 +171,32 @@ class Peer:
         numbered = [
             frame[:-1] + b',"seq":%d}' % seq for seq, frame in enumerate(frames, self.next_seq)
         ]
+        kept = numbered
+        if self.next_seq == 1 and self.keep:
+            # The peer's first frame, room:joined, is never kept: it carries the resume
+            # token, so a client that lacks it cannot resume at all (it joins afresh).
+            # It is the largest frame an idle peer would otherwise keep (~2 KB in a room
+            # of 20) until its client's first acknowledgement.
+            kept = numbered[1:]
+            self.dropped_through, self.sent_from = 1, 2
         self.next_seq += len(numbered)
         if self.keep:
             sent = self.sent
-            sent.extend(numbered)
-            self.sent_bytes += sum(map(len, numbered))
+            sent.extend(kept)
+            self.sent_bytes += sum(map(len, kept))
             # Bounded in frames and in bytes: past either, the oldest are given up (a
             # client that needs them after a drop then joins afresh).
-            while len(sent) > self.keep or self.sent_bytes > KEEP_BYTES:
-                self.sent_bytes -= len(sent.popleft())
-                self.dropped_through = self.sent_from
-                self.sent_from += 1
+            drop = max(0, len(sent) - self.keep)
+            if self.sent_bytes > KEEP_BYTES or drop:
+                over = self.sent_bytes - KEEP_BYTES
+                dropped_bytes = sum(map(len, sent[:drop]))
+                while dropped_bytes < over:
+                    dropped_bytes += len(sent[drop])
+                    drop += 1
+                del sent[:drop]
+                self.sent_bytes -= dropped_bytes
+                self.sent_from += drop
+                self.dropped_through = self.sent_from - 1
         else:
             self.sent_from = self.next_seq
         return numbered
@@ -126,9 +204,11 @@ class Peer:
     def acknowledge(self, last_seq: int) -> None:
         """The client has every frame up to ``last_seq``: forget them."""
         sent = self.sent
-        while sent and self.sent_from <= last_seq:
-            self.sent_bytes -= len(sent.popleft())
-            self.sent_from += 1
+        known = min(len(sent), last_seq + 1 - self.sent_from)
+        if known > 0:
+            self.sent_bytes -= sum(map(len, sent[:known]))
+            del sent[:known]
+            self.sent_from += known
 
     def can_replay_after(self, last_seq: int | None) -> bool:
         """Whether every frame after ``last_seq`` is still here to be sent again."""
@@ -144,7 +224,7 @@ class Peer:
         """
         if last_seq is None:
             written = max(0, self.written_through + 1 - self.sent_from)
-            return list(self.sent)[written:]
+            return self.sent[written:]
         self.acknowledge(last_seq)
         return list(self.sent)
 

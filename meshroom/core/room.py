@@ -23,7 +23,6 @@ the room needs from its owner (the hub) is the small :class:`RoomOwner`.
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -59,7 +58,7 @@ from .events import (
     SignalRelayed,
 )
 from .lifecycle import Exit, Outcome
-from .limits import Verdict, rate_limiter
+from .limits import RateLimiter, Verdict, rate_limiter
 from .options import HubConfig
 from .peer import Peer, Takeover
 
@@ -171,13 +170,13 @@ class Room:
         self,
         peer: Peer,
         conn: Connection,
+        done: Callable[[], None],
         request_id: Any = None,
-        done: trio.Event | None = None,
     ) -> None:
         """Admit an authenticated peer: snapshot to it, ``peer:joined`` to the others.
 
         Synchronous on purpose: between the check that a room is open and the
-        moment the peer is in it, nothing else can run. ``done`` is set once the
+        moment the peer is in it, nothing else can run. ``done()`` is called once the
         room is finished with ``conn`` (the peer may live on, resumed elsewhere).
         """
         assert self._nursery is not None and not self.closed
@@ -195,8 +194,6 @@ class Room:
             self._restore_roles_after_host_return()
         elif existing is not None and existing.role is Role.HOST:
             self._hand_over_host()  # an acting host reconnected: the room keeps a host
-        if done is None:
-            done = trio.Event()
         self._nursery.start_soon(self._run_peer, peer, conn, done, name=f"peer:{peer.emp_id}")
 
     def member(self, emp_id: str) -> Peer | None:
@@ -223,18 +220,19 @@ class Room:
         emp_id: str,
         resume_token: str,
         conn: Connection,
+        done: Callable[[], None],
         request_id: Any = None,
         last_seq: int | None = None,
-    ) -> trio.Event | None:
+    ) -> bool:
         """Hand ``conn`` to the member ``emp_id`` if ``resume_token`` is its current one.
 
         Works whether the peer is detached or still live (its client may have
         noticed the drop first); the old connection is then closed (4013). The token
         is used up at once; the new connection gets a fresh one in ``room:resumed``,
         then every frame after ``last_seq`` (the last one the client has), exactly once.
-        Returns the event set once the room is done with ``conn``, or None (nothing
-        changed) if the peer is not here, is leaving, the token is wrong, or a frame
-        the client lacks is no longer kept (it then joins afresh).
+        True if it did (``done()`` is then called once the room is done with ``conn``);
+        False (nothing changed) if the peer is not here, is leaving, the token is wrong,
+        or a frame the client lacks is no longer kept (it then joins afresh).
         Synchronous, like :meth:`attach`.
         """
         peer = self.peers.get(emp_id)
@@ -246,21 +244,21 @@ class Room:
             or not peer.resume_token_matches(resume_token)
             or not peer.can_replay_after(last_seq)
         ):
-            return None
+            return False
         peer.resume_token = None
         was_detached = peer.detached
         peer.life.resume()
-        done = trio.Event()
         peer.takeover = Takeover(conn, request_id, done, last_seq)
         # The old connection's writer stops now (what it wrote is kept in peer.sent);
         # what is queued from here on goes to the new connection.
-        peer.write_scope.cancel()
+        if peer.writer is not None:
+            peer.writer.cancel()
         if was_detached or peer.receiving:
             # Waiting for a resume, or for a frame: stop waiting. A reader busy with a
             # request is left to finish it (cancelling a host command halfway could leave
             # it half done) and stops before reading again.
             peer.read_scope.cancel()
-        return done
+        return True
 
     def remove(self, peer: Peer, exit: Exit, *, cancel: bool = True) -> bool:
         """Take a member out of the room now. False if it was no longer a member.
@@ -310,16 +308,29 @@ class Room:
     # Delivery
 
     def send(self, peer: Peer, frame: bytes) -> None:
-        try:
-            peer.outbox.send_nowait(frame)
-        except trio.WouldBlock:
+        if peer.outbox_closed:
+            return  # the peer is already winding down
+        outbox = peer.outbox
+        if len(outbox) >= peer.outbox_size:
             # The peer reads slower than the room talks to it (or, detached, did not come
             # back before its outbox filled). Dropping frames would corrupt its WebRTC
             # negotiation, so it is removed instead (and cannot resume: a frame is lost).
             if self.remove(peer, lifecycle.SLOW_CONSUMER):
                 log.warning("disconnecting slow consumer %s in %s", peer.emp_id, self.id)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # the peer is already winding down
+            return
+        outbox.append(frame)
+        if peer.writer is None and peer.conn is not None:
+            self._start_writer(peer, peer.conn)
+
+    def _start_writer(self, peer: Peer, conn: Connection) -> None:
+        """Start a writer for what ``peer`` has queued; it stops once the outbox is empty.
+
+        An idle peer has no writer task (one per peer would cost ~2 KB each, and a wake-up
+        for every frame): the first frame queued starts one, in the room's nursery.
+        """
+        assert self._nursery is not None
+        peer.writer = trio.CancelScope()
+        self._nursery.start_soon(self._write_loop, peer, conn, peer.writer)
 
     def broadcast(self, frame: bytes, *, exclude: Peer | None = None) -> None:
         for peer in list(self.peers.values()):
@@ -332,7 +343,7 @@ class Room:
 
     # A peer's life: one task per peer, a connection at a time, one teardown
 
-    async def _run_peer(self, peer: Peer, conn: Connection, done: trio.Event) -> None:
+    async def _run_peer(self, peer: Peer, conn: Connection, done: Callable[[], None]) -> None:
         """The peer's whole membership: its connections in turn, then its teardown."""
         current: Connection | None = conn
         try:
@@ -359,7 +370,7 @@ class Room:
             with trio.CancelScope(shield=True):
                 await self._teardown(peer, current, done)
 
-    def _switch_to_takeover(self, peer: Peer) -> tuple[Connection, trio.Event]:
+    def _switch_to_takeover(self, peer: Peer) -> tuple[Connection, Callable[[], None]]:
         """The resuming connection becomes the peer's; its first frame is ``room:resumed``."""
         takeover = peer.takeover
         assert takeover is not None
@@ -368,7 +379,7 @@ class Room:
         peer.dropped_at = None
         replay = peer.replay_after(takeover.last_seq)
         resumed = self._snapshot(peer)
-        resumed["queued"] = len(replay) + peer.outbox.statistics().current_buffer_used
+        resumed["queued"] = len(replay) + len(peer.outbox)
         # Then every frame the client lacks (written into the old connection, or not),
         # then everything queued since; room:resumed itself has no seq.
         peer.resend = [encode_event("room:resumed", resumed, takeover.request_id), *replay]
@@ -383,29 +394,45 @@ class Room:
         the teardown to close.
         """
         peer.read_scope = trio.CancelScope()
+        peer.conn = conn
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, peer, conn)
-                with peer.read_scope:
-                    await self._read_loop(peer, conn)
-                resume_allowed = self.config.resume_grace > 0 and not self.ending
-                outcome = peer.life.connection_ended(resume_allowed=resume_allowed)
-                if outcome is Outcome.END:
-                    self._queue_last_frames(peer)
-                    # The writer drains what is queued (the notices last), then stops; a
-                    # client that does not take it within close_timeout is cut off.
-                    nursery.cancel_scope.deadline = trio.current_time() + self.config.close_timeout
-                else:
-                    # The outbox stays open for the next connection; the writer stops now.
-                    if outcome is Outcome.DETACH:
-                        peer.dropped_at = utcnow()
-                        peer.grace_ends = trio.current_time() + self.config.resume_grace
-                    nursery.cancel_scope.cancel()
-                return outcome
+            if peer.outbox or peer.resend:
+                self._start_writer(peer, conn)
+            with peer.read_scope:
+                await self._read_loop(peer, conn)
+            resume_allowed = self.config.resume_grace > 0 and not self.ending
+            outcome = peer.life.connection_ended(resume_allowed=resume_allowed)
+            if outcome is Outcome.END:
+                self._queue_last_frames(peer)
+                # The writer drains what is queued (the notices last), then stops; a
+                # client that does not take it within close_timeout is cut off.
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._writer_stopped(peer)
+            elif outcome is Outcome.DETACH:
+                peer.dropped_at = utcnow()
+                peer.grace_ends = trio.current_time() + self.config.resume_grace
+            # The outbox stays open for the next connection (if any); the writer stops now.
+            if peer.writer is not None:
+                peer.writer.cancel()
+                with trio.CancelScope(shield=True):
+                    # A cancelled writer exits at its next checkpoint, so this is short; it
+                    # must not be cut, or the next connection's writer could overlap it.
+                    await self._writer_stopped(peer)
+            return outcome
         except Exception:
             log.exception("peer session %s in room %s failed", peer.emp_id, self.id)
             peer.life.note(lifecycle.INTERNAL)
             return Outcome.END
+        finally:
+            peer.conn = None
+
+    async def _writer_stopped(self, peer: Peer) -> None:
+        """Return once ``peer`` has no writer running."""
+        if peer.writer is None:
+            return
+        if peer.writer_exited is None:
+            peer.writer_exited = trio.Event()
+        await peer.writer_exited.wait()
 
     def _queue_last_frames(self, peer: Peer) -> None:
         self.remove(peer, peer.life.exit or lifecycle.DISCONNECTED, cancel=False)
@@ -417,10 +444,10 @@ class Room:
             _discard_queued(peer)
         for frame in exit.frames():
             self.send(peer, frame)
-        peer.outbox.close()
+        peer.outbox_closed = True
 
     async def _close_connection(
-        self, peer: Peer, conn: Connection, outcome: Outcome, done: trio.Event
+        self, peer: Peer, conn: Connection, outcome: Outcome, done: Callable[[], None]
     ) -> None:
         """Close a connection the peer no longer uses; ``done`` tells its transport."""
         if outcome is Outcome.TAKEOVER:
@@ -432,9 +459,11 @@ class Room:
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                 await conn.close(code, reason)
         finally:
-            done.set()
+            done()
 
-    async def _teardown(self, peer: Peer, conn: Connection | None, done: trio.Event) -> None:
+    async def _teardown(
+        self, peer: Peer, conn: Connection | None, done: Callable[[], None]
+    ) -> None:
         """The one way a peer ends: out of the room, connections closed, leave recorded."""
         if peer.life.exit is None:
             # Cancelled from outside (the hub stopping) without being told why.
@@ -442,7 +471,7 @@ class Room:
         exit = peer.life.exit
         assert exit is not None
         self.remove(peer, exit, cancel=False)
-        peer.outbox.close()
+        peer.outbox_closed = True
         closing = [conn] if conn is not None else []
         takeover, peer.takeover = peer.takeover, None
         if takeover is not None:
@@ -452,52 +481,65 @@ class Room:
                 for each in closing:
                     nursery.start_soon(each.close, exit.close_code, exit.close_reason)
         if takeover is not None:
-            takeover.done.set()
+            takeover.done()
         if not exit.row_closed:
             # A peer whose connection dropped left when it dropped; one that was removed,
             # when it was removed (not when its close handshake finished).
             left_at = peer.dropped_at or peer.removed_at or utcnow()
             await self.owner.record_leave(Leave(peer.attendance_id, left_at, exit.reason.value))
         peer.life.finish()
-        done.set()  # the last connection's serve() returns once its leave is written
+        done()  # the last connection's serve() returns once its leave is written
         self.events.emit(PeerFinished(self.id, peer.emp_id, exit.reason, peer.attendance_id))
-        peer.finished.set()
+        peer.mark_finished()
         self._maybe_close()
 
-    async def _write_loop(self, peer: Peer, conn: Connection) -> None:
-        reader = peer.outbox_reader
+    async def _write_loop(self, peer: Peer, conn: Connection, scope: trio.CancelScope) -> None:
+        """Write what ``peer`` has queued to ``conn``, in batches, until the outbox is empty."""
+        outbox = peer.outbox
         samples = peer.latency_samples
-        with trio.CancelScope() as peer.write_scope:
-            try:
+        try:
+            with scope:
                 if peer.resend:  # a resumed connection: room:resumed, then the replay
                     await conn.send(peer.resend)
                     peer.resend = []
                     peer.written_through = peer.next_seq - 1
-                async for frame in reader:
-                    batch = [frame]
-                    while len(batch) < WRITE_BATCH:
-                        try:
-                            batch.append(reader.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                while outbox:
+                    batch = outbox[:WRITE_BATCH]
+                    del outbox[:WRITE_BATCH]
                     # Samples taken so far belong to frames already queued, hence in this
                     # batch (or an earlier one) unless the batch was cut at WRITE_BATCH.
                     timed = len(samples)
                     # Numbered and kept (until acknowledged) before the write: if the
                     # connection drops now, a resume sends again what the client lacks.
-                    await conn.send(peer.number(batch))
+                    numbered = peer.number(batch)
+                    # orjson's output keeps a 4 KiB buffer however short the frame: hold no
+                    # reference to a written frame while waiting (an idle peer would keep one).
+                    del batch
+                    await conn.send(numbered)
+                    del numbered
                     peer.written_through = peer.next_seq - 1
                     if timed:
                         now = trio.current_time()
-                        for _ in range(timed):
-                            self.events.emit(RelayLatency(now - samples.popleft()))
-            except ConnectionClosed as exc:
-                timed_out = isinstance(exc, ConnectionTimedOut)
-                peer.life.note(lifecycle.TIMEOUT if timed_out else lifecycle.DISCONNECTED)
-                peer.read_scope.cancel()
+                        for sample in samples[:timed]:
+                            self.events.emit(RelayLatency(now - sample))
+                        del samples[:timed]
+        except ConnectionClosed as exc:
+            timed_out = isinstance(exc, ConnectionTimedOut)
+            peer.life.note(lifecycle.TIMEOUT if timed_out else lifecycle.DISCONNECTED)
+            peer.read_scope.cancel()
+        except Exception:
+            # The writer runs in the room's nursery: a bug here must end this peer, not the room.
+            log.exception("writer of %s in room %s failed", peer.emp_id, self.id)
+            peer.life.note(lifecycle.INTERNAL)
+            peer.read_scope.cancel()
+        finally:
+            if peer.writer is scope:
+                peer.writer = None
+                if peer.writer_exited is not None:
+                    peer.writer_exited.set()
+                    peer.writer_exited = None
 
     async def _read_loop(self, peer: Peer, conn: Connection) -> None:
-        handlers = self._handlers
         limiter = rate_limiter(self.config.rate_limit, self.config.rate_burst)
         handled = 0
         life = peer.life
@@ -521,39 +563,49 @@ class Room:
                 peer.receiving = False
             if not life.live():
                 return  # resumed on another connection, or removed meanwhile
-            if limiter is not None and (verdict := limiter.check()) is not Verdict.ALLOW:
-                if verdict is Verdict.CLOSE:
-                    self.remove(peer, lifecycle.RATE_LIMITED, cancel=False)
-                    return
-                self.send(peer, _rate_limited(message))
-                continue
-            if isinstance(message, MessageTooLarge):
-                self.send(peer, encode_error(ErrorCode.FRAME_TOO_LARGE, str(message)))
-                continue
-            if not isinstance(message, str):
-                self.send(
-                    peer,
-                    encode_error(ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text"),
-                )
-                continue
-            try:
-                request = decode_request(message)
-                if request.event in SIGNAL_PAYLOADS:
-                    self._relay(peer, request)
-                elif await handlers[request.event](self, peer, request):
-                    return
-            except ProtocolError as exc:
-                self.send(peer, encode_protocol_error(exc))
-            except StoreUnavailable:
-                self.send(
-                    peer,
-                    encode_error(
-                        ErrorCode.STORE_UNAVAILABLE,
-                        "the database is unavailable; try again",
-                        request_id=request.id,
-                        event=request.event,
-                    ),
-                )
+            if await self._handle(peer, message, limiter):
+                return
+            # An idle reader waits for the next frame holding nothing of the last one.
+            del message
+
+    async def _handle(
+        self, peer: Peer, message: str | bytes | MessageTooLarge, limiter: RateLimiter | None
+    ) -> bool:
+        """Act on one message from the client; True if the peer stops reading (it left)."""
+        if limiter is not None and (verdict := limiter.check()) is not Verdict.ALLOW:
+            if verdict is Verdict.CLOSE:
+                self.remove(peer, lifecycle.RATE_LIMITED, cancel=False)
+                return True
+            self.send(peer, _rate_limited(message))
+            return False
+        if isinstance(message, MessageTooLarge):
+            self.send(peer, encode_error(ErrorCode.FRAME_TOO_LARGE, str(message)))
+            return False
+        if not isinstance(message, str):
+            self.send(
+                peer,
+                encode_error(ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text"),
+            )
+            return False
+        try:
+            request = decode_request(message)
+            if request.event in SIGNAL_PAYLOADS:
+                self._relay(peer, request)
+            elif await self._handlers[request.event](self, peer, request):
+                return True
+        except ProtocolError as exc:
+            self.send(peer, encode_protocol_error(exc))
+        except StoreUnavailable:
+            self.send(
+                peer,
+                encode_error(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    "the database is unavailable; try again",
+                    request_id=request.id,
+                    event=request.event,
+                ),
+            )
+        return False
 
     # Signals and presence
 
@@ -682,6 +734,4 @@ def refusal(request: Request, code: ErrorCode, message: str) -> ProtocolError:
 
 
 def _discard_queued(peer: Peer) -> None:
-    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-        while True:
-            peer.outbox_reader.receive_nowait()
+    peer.outbox.clear()

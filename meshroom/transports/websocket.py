@@ -6,18 +6,22 @@ connection is one trio stream with no extra tasks or queues of its own: the room
 core's writer task calls :meth:`WebSocketConnection.send` with every message it
 has queued, and they leave in a single ``send_all``.
 
-Heartbeats need no task either: the task that reads (the core's reader) waits
-for input at most ``heartbeat_interval`` seconds; when the line has been quiet
-that long it sends a Ping, and when nothing at all (a Pong or anything else)
-arrives within ``heartbeat_timeout`` seconds more, ``receive`` raises
-:class:`~meshroom.core.connection.ConnectionTimedOut`.
+Heartbeats take one task per listener, not one per connection: :class:`Heartbeats`
+looks at every connection a few times per interval, sends a Ping to one quiet for
+``heartbeat_interval`` seconds, and when nothing at all (a Pong or anything else)
+arrives within ``heartbeat_timeout`` seconds more, wakes its reader, whose
+``receive`` raises :class:`~meshroom.core.connection.ConnectionTimedOut`. (A
+connection used on its own, or over TLS, times its own reads instead.) Once a
+connection has joined a room, the listener hands it over (see ``ConnectionHandler``)
+and keeps no task for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
-from collections import deque
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,6 +38,14 @@ from . import frames
 from .frames import FrameReader, ProtocolViolation
 
 log = logging.getLogger(__name__)
+
+_NO_EVENTS: Final[list[frames.Event]] = []  # shared, never appended to
+_PING: Final = frames.frame(frames.OP_PING, b"meshroom")
+# accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_RETRY: Final = 0.1
 
 RECEIVE_SIZE: Final = 65536
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -62,7 +74,37 @@ class WebSocketConnection:
 
     Frames are read by :class:`~meshroom.transports.frames.FrameReader` and
     written by :mod:`~meshroom.transports.frames`; wsproto only did the handshake.
+
+    Heartbeats come in two forms. On its own, a connection with a ``heartbeat``
+    times itself: while waiting for input it waits at most until its next ping
+    (or the ping's answer) is due. On a listener, :class:`Heartbeats` (one timer
+    for every connection) does it instead, and a waiting reader has no deadline
+    at all: that is what keeps ten thousand idle connections cheap.
     """
+
+    __slots__ = (
+        "_broken",
+        "_close_sent",
+        "_closed",
+        "_events",
+        "_heartbeat",
+        "_heartbeats",
+        "_initial",
+        "_last_heard",
+        "_max",
+        "_next_event",
+        "_on_release",
+        "_ping_deadline",
+        "_reader",
+        "_remote",
+        "_send_lock",
+        "_socket",
+        "_stream",
+        "_unsent",
+        "_waiting",
+        "close_code",
+        "timed_out",
+    )
 
     def __init__(
         self,
@@ -74,10 +116,14 @@ class WebSocketConnection:
         initial: bytes = b"",
     ) -> None:
         self._stream = stream
+        # A plain TCP stream is read and written on its socket directly (see _read).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._remote = remote
         self._max = max_message_bytes
         self._reader = FrameReader(max_message_bytes)
-        self._pending: deque[frames.Event] = deque()
+        # Events of the last read not yet handed out: _events[_next_event:].
+        self._events: list[frames.Event] = _NO_EVENTS
+        self._next_event = 0
         self._initial = initial  # frames the client sent right behind its upgrade request
         self._send_lock = trio.StrictFIFOLock()  # the writer task and pong replies share the stream
         self._broken = False  # a write failed or was cut short: no more frames can go out
@@ -85,22 +131,62 @@ class WebSocketConnection:
         self._closed = False
         self.close_code: int | None = None  # what the client sent, if it closed first
         self._heartbeat = heartbeat
+        self._heartbeats: Heartbeats | None = None  # the listener's timer, once joined
         self._last_heard = trio.current_time()
         self._ping_deadline: float | None = None  # set while a ping awaits an answer
+        # Bytes of a ping the socket did not take at once: they go out before anything else.
+        self._unsent = b""
+        # The reader is waiting for input: only then does the heartbeat timer judge it (a
+        # request the server is busy with never counts against the client).
+        self._waiting = False
+        # Called once by release() (the listener's connection slot, for one handed over).
+        self._on_release: Callable[[], None] | None = None
         self.timed_out = False
 
     @property
     def remote(self) -> str:
         return self._remote
 
+    def release(self) -> None:
+        """Its owner is done with it (and has closed it): give back what the listener holds.
+
+        For a connection the listener handed over (see ConnectionHandler), the owner's
+        ``done``. Closes the socket if the owner somehow did not; idempotent.
+        """
+        if not self._closed:
+            self._closed = True
+            if self._heartbeats is not None:
+                self._heartbeats.discard(self)
+                self._heartbeats = None
+            if self._socket is not None:
+                self._socket.close()
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
+    def join_heartbeats(self, heartbeats: Heartbeats) -> bool:
+        """Let ``heartbeats`` ping this connection instead of timing itself.
+
+        Only a plain TCP stream can (the timer writes pings straight to its socket, and
+        wakes its reader through the socket); False, and nothing changes, for others.
+        """
+        if self._socket is None or self._closed:
+            return False
+        self._heartbeats = heartbeats
+        heartbeats.add(self)
+        return True
+
     async def receive(self) -> str | bytes:
-        pending = self._pending
         while True:
-            while pending:
-                event = pending.popleft()
+            events = self._events
+            while self._next_event < len(events):
+                event = events[self._next_event]
+                self._next_event += 1
                 if type(event) is frames.Message:
                     return event.data.decode() if event.text else event.data
                 await self._handle_other(event)
+            self._events = _NO_EVENTS  # an idle connection holds nothing of its last read
+            self._next_event = 0
             if self.timed_out:
                 raise ConnectionTimedOut(None, "heartbeat timeout")
             if self._closed or self._close_sent:
@@ -111,17 +197,19 @@ class WebSocketConnection:
                 try:
                     received = await self._receive_some()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    received = b""
+                    received = None if self.timed_out else b""
                 if received is None:
                     self.timed_out = True
                     log.debug("%s missed its heartbeat", self._remote)
                     raise ConnectionTimedOut(None, "heartbeat timeout")
                 data = bytes(received)
+                del received
             if not data:
                 await self._abort()
                 raise ConnectionClosed(1006, "connection lost")
             try:
-                pending.extend(self._reader.feed(data))
+                self._events = self._reader.feed(data)
+                del data  # (an idle reader waits holding none of its last read)
             except ProtocolViolation as exc:
                 log.debug("protocol error from %s: %s", self._remote, exc.reason)
                 # close() waits for the client's answer, and nothing else bounds that
@@ -155,15 +243,24 @@ class WebSocketConnection:
     async def _receive_some(self) -> bytes | bytearray | None:
         """The next bytes from the client; None if it missed its heartbeat."""
         heartbeat = self._heartbeat
-        if heartbeat is None:
-            return await self._stream.receive_some(RECEIVE_SIZE)
+        if self._heartbeats is not None or heartbeat is None:
+            # No deadline here: the listener's timer pings, and wakes this read (the
+            # socket reports closed) if the client misses its heartbeat.
+            self._waiting = True
+            try:
+                data = await self._read()
+            finally:
+                self._waiting = False
+            self._last_heard = trio.current_time()
+            self._ping_deadline = None  # any traffic answers a ping
+            return data
         while True:
             if self._ping_deadline is None:
                 deadline = self._last_heard + heartbeat.interval
             else:
                 deadline = self._ping_deadline
             with trio.move_on_at(deadline):
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._read()
                 self._last_heard = trio.current_time()
                 self._ping_deadline = None  # any traffic answers a ping
                 return data
@@ -173,7 +270,101 @@ class WebSocketConnection:
             # (a client that reads nothing can have filled our socket buffer).
             self._ping_deadline = trio.current_time() + heartbeat.timeout
             with trio.move_on_at(self._ping_deadline), contextlib.suppress(ConnectionClosed):
-                await self._send_bytes(frames.frame(frames.OP_PING, b"meshroom"))
+                await self._send_bytes(_PING)
+
+    async def _read(self) -> bytes | bytearray:
+        """``receive_some`` of the stream; on a plain TCP stream, straight from its socket.
+
+        trio's SocketStream.receive_some goes through five layers of coroutines and
+        context managers, and an idle reader keeps them all alive while it waits (and
+        the garbage collector walks them, again and again). This does what they do (try
+        the read, else wait until the socket is readable; a checkpoint either way) with
+        one wait. The descriptor is looked up each time: a closed socket has none, so a
+        late read can never touch another connection that reused the number.
+        """
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(RECEIVE_SIZE)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def _write(self, data: bytes) -> None:
+        """``send_all`` of the stream; on a plain TCP stream, straight to its socket."""
+        sock = self._socket
+        if sock is None:
+            await self._stream.send_all(data)
+            return
+        view: memoryview | None = None
+        sent = 0
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                sent += os.write(fd, data if view is None else view[sent:])
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+            if sent >= len(data):
+                break
+            if view is None:
+                view = memoryview(data)
+            await trio.lowlevel.wait_writable(sock)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    # Driven by Heartbeats (synchronously: the timer never waits for one connection)
+
+    def _ping_now(self) -> bool:
+        """Put a ping on the wire if the socket takes it at once; False to try again later.
+
+        Written straight to the socket, not through a task: the timer pings hundreds of
+        connections a second. Not while the writer holds the stream (a frame of its may
+        be half written); what the socket does not take now goes before the next write.
+        """
+        if self._broken or self._close_sent or self._closed:
+            return True  # nothing to ping
+        if self._send_lock.locked():
+            # The writer's next write takes it along (or the next sweep, if it comes first).
+            self._unsent = self._unsent or _PING
+            return False
+        data = self._unsent or _PING
+        assert self._socket is not None
+        try:
+            written = os.write(self._socket.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._broken = True  # the reader finds out at its next read
+            return True
+        self._unsent = data[written:]
+        return not self._unsent
+
+    def _time_out(self) -> None:
+        """The client missed its heartbeat: wake the reader, which raises ConnectionTimedOut.
+
+        notify_closing wakes whoever waits on the socket (the reader; a writer stuck on
+        a full buffer) with ClosedResourceError; the socket stays open for one try at
+        sending the close frame, then whoever owns the connection closes it.
+        """
+        self.timed_out = True
+        log.debug("%s missed its heartbeat", self._remote)
+        if self._heartbeats is not None:
+            self._heartbeats.discard(self)
+        assert self._socket is not None
+        trio.lowlevel.notify_closing(self._socket)
 
     async def send(self, messages: Sequence[bytes]) -> None:
         if self._close_sent or self._closed:
@@ -191,12 +382,16 @@ class WebSocketConnection:
             # leave it marked broken. (On a TCP stream nothing yields between this and
             # send_all's own check; under TLS, SSLStream has a yield of its own in between.)
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self._unsent:  # the rest of a ping the timer could not write at once
+                data, self._unsent = self._unsent + data, b""
             sending = True
             try:
-                await self._stream.send_all(data)
+                await self._write(data)
                 sending = False
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._broken = True
+                if self.timed_out:  # (the heartbeat timer woke this write)
+                    raise ConnectionTimedOut(self.close_code, "heartbeat timeout") from None
                 raise ConnectionClosed(self.close_code) from None
             finally:
                 if sending:
@@ -238,7 +433,70 @@ class WebSocketConnection:
 
     async def _abort(self) -> None:
         self._closed = True
+        if self._heartbeats is not None:
+            self._heartbeats.discard(self)
+            self._heartbeats = None
         await trio.aclose_forcefully(self._stream)
+
+
+class Heartbeats:
+    """One timer for the heartbeats of every connection of a listener.
+
+    Each connection's reader used to wait with a deadline (its next ping, or the
+    ping's answer): a cancel scope per read, a timer per connection, and a
+    Cancelled exception unwound through the reader's stack every quiet interval.
+    Here one task looks at every connection every ``tick`` seconds instead: it
+    pings those quiet for ``interval`` (writing the ping straight to the socket),
+    and times out those that stayed silent ``timeout`` seconds after their ping,
+    by waking their reader. So a ping goes out between ``interval`` and
+    ``interval + tick`` after a connection's last word, and a silent client is
+    found out between ``interval + timeout`` and ``interval + timeout + 2 tick``.
+    As before, a connection is judged only while its reader waits for input.
+    """
+
+    __slots__ = ("_connections", "heartbeat", "tick")
+
+    def __init__(self, heartbeat: Heartbeat, tick: float | None = None) -> None:
+        self.heartbeat = heartbeat
+        # A quarter of the shorter period: detection stays within half an interval of
+        # the self-timed one, and a sweep of 10,000 connections costs ~2 ms.
+        self.tick = tick if tick is not None else min(heartbeat.interval, heartbeat.timeout) / 4
+        self._connections: set[WebSocketConnection] = set()
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, conn: WebSocketConnection) -> None:
+        self._connections.add(conn)
+
+    def discard(self, conn: WebSocketConnection) -> None:
+        self._connections.discard(conn)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sweep every ``tick`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.tick)
+            self.sweep(trio.current_time())
+
+    def sweep(self, now: float) -> None:
+        """Ping the connections quiet for an interval; time out those silent since their ping."""
+        interval, timeout = self.heartbeat.interval, self.heartbeat.timeout
+        dead = []
+        for conn in self._connections:
+            if not conn._waiting:
+                continue  # busy with what the client sent, or not reading yet: not judged
+            deadline = conn._ping_deadline
+            if deadline is None:
+                if now - conn._last_heard >= interval:
+                    conn._ping_deadline = now + timeout
+                    conn._ping_now()
+            elif now >= deadline:
+                dead.append(conn)
+            elif conn._unsent:
+                conn._ping_now()  # the socket was full: try the rest of the ping again
+        for conn in dead:
+            conn._time_out()
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +529,10 @@ def parse_last_seq(value: str | None) -> int | None:
     return int(value)
 
 
-ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[None]]
+# Serves one accepted connection. It may return True: it handed the connection over (to
+# a room, see Hub.hand_over), whose owner closes it and then calls conn.release(); the
+# listener then keeps no task for it. Otherwise the listener closes it when this returns.
+ConnectionHandler = Callable[[WebSocketConnection, Upgrade], Awaitable[bool | None]]
 # Serves a raw stream whose request the listener routed elsewhere (see serve_websocket's
 # extra_route): (stream, the bytes already read off it, remote address).
 StreamRoute = Callable[[trio.abc.Stream, bytes, str], Awaitable[None]]
@@ -436,12 +697,15 @@ async def serve_websocket(
                     await accept_websocket(stream, path=path, remote="?", full=True)
             await trio.aclose_forcefully(stream)
             return
+        handed_over = False
         try:
-            await _serve_stream(stream)
+            handed_over = await _serve_stream(stream)
         finally:
-            slots.release()
+            if not handed_over:
+                slots.release()  # (a connection handed over releases it: conn.release)
+                await trio.aclose_forcefully(stream)
 
-    async def _serve_stream(stream: trio.abc.Stream) -> None:
+    async def _serve_stream(stream: trio.abc.Stream) -> bool:
         remote = _remote_of(stream)
         accepted = None
         received = b""
@@ -452,7 +716,7 @@ async def serve_websocket(
                     received = await _request_line(stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await trio.aclose_forcefully(stream)
-                    return
+                    return False
             if _targets(received, extra_route[0]):
                 try:
                     await extra_route[1](stream, received, remote)
@@ -460,7 +724,7 @@ async def serve_websocket(
                     log.exception("extra route failed for %s", remote)
                 finally:
                     await trio.aclose_forcefully(stream)
-                return
+                return False
         try:
             with trio.move_on_at(deadline):
                 accepted = await accept_websocket(
@@ -473,26 +737,60 @@ async def serve_websocket(
                     received=received,
                 )
                 if accepted is None:
-                    return
+                    return False
             if accepted is None:  # the handshake timed out
                 await trio.aclose_forcefully(stream)
-                return
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.aclose_forcefully(stream)
-            return
+            return False
         conn, upgrade = accepted
+        del accepted
+        if heartbeats is not None:
+            conn.join_heartbeats(heartbeats)
+        conn._on_release = slots.release
+        handed_over = False
         try:
-            await handler(conn, upgrade)
+            handed_over = bool(await handler(conn, upgrade))
         except Exception:
             log.exception("connection handler failed for %s", remote)
             with trio.move_on_after(1):
                 await conn.close(1011, "internal error")
         finally:
-            await conn._abort()
+            if not handed_over:
+                conn._on_release = None
+                await conn._abort()
+        return handed_over
 
-    await trio.serve_listeners(
-        on_stream,
-        list(listeners),
-        handler_nursery=handler_nursery,
-        task_status=task_status,
-    )
+    # One timer for every connection's heartbeat (those on plain TCP; a TLS one times
+    # itself). It stops with the accept loop: by then every connection is being closed.
+    heartbeats = Heartbeats(heartbeat) if heartbeat is not None else None
+    async with trio.open_nursery() as nursery:
+        if heartbeats is not None:
+            nursery.start_soon(heartbeats.run, name="websocket heartbeats")
+        handlers = handler_nursery if handler_nursery is not None else nursery
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, handlers, on_stream)
+        task_status.started(list(listeners))
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[Any],
+    handlers: trio.Nursery,
+    on_stream: Callable[[trio.abc.Stream], Awaitable[None]],
+) -> None:
+    """trio.serve_listeners' accept loop, less its closing of a stream once its handler
+    returns: a connection handed over to a room outlives its handler task."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "accept failed: %s; retrying in %s s", os.strerror(exc.errno), _ACCEPT_RETRY
+                )
+                await trio.sleep(_ACCEPT_RETRY)
+            else:
+                handlers.start_soon(on_stream, stream)
