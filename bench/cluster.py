@@ -35,8 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from .runner import Options, Pool, _failed, _latencies, _sleep_until, now
-from .servers import LOOPBACK, MESHROOM, CpuMeter, free_port, wait_accepting
+from .runner import Options, Pool, _failed, _latencies, _sleep_until, go
+from .servers import (
+    LOOPBACK,
+    MESHROOM,
+    Meters,
+    bench_token,
+    free_port,
+    live_meetings,
+    wait_accepting,
+)
 
 
 class _QuietUi:
@@ -148,39 +156,10 @@ class Cluster:
         return [p.pid for p in self.procs if p is not None]
 
     def meetings(self, count: int) -> list[str]:
-        import trio
-
-        from meshroom import MeetingStatus, SqlStore
-
-        async def make() -> list[str]:
-            store = SqlStore(self.database_url, pool_size=2)
-            await store.open()
-            try:
-                ids = []
-                for i in range(count):
-                    meeting = await store.create_meeting(title=f"bench {i}", host_emp_id="host")
-                    await store.transition(meeting.id, MeetingStatus.LIVE)
-                    ids.append(meeting.id)
-                return ids
-            finally:
-                await store.close()
-
-        return trio.run(make)
+        return live_meetings(self.database_url, count, "bench")
 
     def token(self, meeting_id: str, emp_id: str) -> str:
-        import datetime as dt
-
-        from meshroom import Role, TokenKeys, mint_token
-
-        keys = TokenKeys.shared_secret(self.secret)
-        return mint_token(
-            keys,
-            meeting_id=meeting_id,
-            emp_id=emp_id,
-            display_name=emp_id,
-            role=Role.PARTICIPANT,
-            ttl=dt.timedelta(hours=2),
-        )
+        return bench_token(self.secret, meeting_id, emp_id)
 
 
 def relay(cluster: Cluster, pairs: int, rooms: int, layout: str, opts: Options) -> dict[str, Any]:
@@ -221,23 +200,12 @@ def relay(cluster: Cluster, pairs: int, rooms: int, layout: str, opts: Options) 
     pool = Pool(specs, _QuietUi())
     try:
         ready = pool.wait_all("ready", opts.timeout)
-        start = now() + 0.3
-        measure_from = start + opts.warmup
-        measure_until = measure_from + opts.duration
-        pool.send_all(
-            {
-                "type": "go",
-                "start": start,
-                "measure_from": measure_from,
-                "measure_until": measure_until,
-            }
-        )
+        _, measure_from, measure_until = go(pool, opts)
         _sleep_until(measure_from, pool)
-        servers, loaders_cpu = CpuMeter(cluster.pids), CpuMeter(pool.pids)
-        servers.start()
-        loaders_cpu.start()
+        meters = Meters(cluster.pids, pool.pids)
+        meters.start()
         _sleep_until(measure_until, pool)
-        server_cpu, loader_cpu = servers.stop(), loaders_cpu.stop()
+        cpu = meters.stop()
         results = pool.wait_all("result", 60)
     finally:
         pool.close()
@@ -250,8 +218,8 @@ def relay(cluster: Cluster, pairs: int, rooms: int, layout: str, opts: Options) 
         "messages_per_s": delivered / opts.duration,
         "p50_ms": float(np.percentile(latencies, 50)) * 1000 if len(latencies) else None,
         "p99_ms": float(np.percentile(latencies, 99)) * 1000 if len(latencies) else None,
-        "server_cpu": server_cpu["cpu_percent"],
-        "loader_cpu": loader_cpu["cpu_percent"],
+        "server_cpu": cpu["server_cpu"],
+        "loader_cpu": cpu["loader_cpu"],
         "failed": _failed(results),
     }
 

@@ -154,6 +154,17 @@ def _spec(
     }
 
 
+def go(pool: Pool, opts: Options) -> tuple[float, float, float]:
+    """Start the loaders' load in 0.3 s: (start, measure from, measure until)."""
+    start = now() + 0.3
+    measure_from = start + opts.warmup
+    measure_until = measure_from + opts.duration
+    pool.send_all(
+        {"type": "go", "start": start, "measure_from": measure_from, "measure_until": measure_until}
+    )
+    return start, measure_from, measure_until
+
+
 def _sleep_until(t: float, pool: Pool) -> None:
     while now() < t:
         pool.pump(min(0.05, max(0.0, t - now())))
@@ -209,17 +220,7 @@ def run_relay(target: Target, pairs: int, opts: Options, ui: Any) -> dict[str, A
     try:
         ready = pool.wait_all("ready", opts.timeout)
         joined = sum(r["joined"] for r in ready)
-        start = now() + 0.3
-        measure_from = start + opts.warmup
-        measure_until = measure_from + opts.duration
-        pool.send_all(
-            {
-                "type": "go",
-                "start": start,
-                "measure_from": measure_from,
-                "measure_until": measure_until,
-            }
-        )
+        start, measure_from, measure_until = go(pool, opts)
         ui.phase("relaying", total=opts.warmup + opts.duration + 0.3, clock=start - 0.3)
         _sleep_until(measure_from, pool)
         meters = Meters(target.pid, pool.pids)

@@ -136,8 +136,10 @@ class Meters:
     processes) burned meanwhile: on a shared box it says how noisy the run was.
     """
 
-    def __init__(self, server_pid: int, loader_pids: list[int]) -> None:
-        self.server = CpuMeter([server_pid])
+    def __init__(self, server_pids: int | list[int], loader_pids: list[int]) -> None:
+        # Several server processes (bench cluster's nodes) count as one server.
+        pids = server_pids if isinstance(server_pids, list) else [server_pids]
+        self.server = CpuMeter(pids)
         self.loaders = CpuMeter(loader_pids)
 
     @staticmethod
@@ -378,39 +380,53 @@ class Target:
         """``count`` LIVE meetings, made in-process through meshroom's store (fast in bulk)."""
         if self.kind != "meshroom":
             return [f"room-{uuid.uuid4().hex[:8]}" for _ in range(count)]
-        import trio
-
-        from meshroom import MeetingStatus, SqlStore
-
         assert self.db is not None
-
-        async def make() -> list[str]:
-            store = SqlStore(self.db.url if self.db else "", pool_size=2)
-            await store.open()
-            try:
-                ids = []
-                for i in range(count):
-                    meeting = await store.create_meeting(title=f"{title} {i}", host_emp_id="host")
-                    await store.transition(meeting.id, MeetingStatus.LIVE)
-                    ids.append(meeting.id)
-                return ids
-            finally:
-                await store.close()
-
-        return trio.run(make)
+        return live_meetings(self.db.url, count, title)
 
     def token(self, meeting_id: str, emp_id: str, *, host: bool = False) -> str:
         if self.kind != "meshroom":
             return f"{meeting_id}|{emp_id}"
-        from meshroom import Role, TokenKeys, mint_token
+        return bench_token(self.secret, meeting_id, emp_id, host=host)
 
-        if not hasattr(self, "_keys"):
-            self._keys = TokenKeys.shared_secret(self.secret)
-        return mint_token(
-            self._keys,
-            meeting_id=meeting_id,
-            emp_id=emp_id,
-            display_name=emp_id,
-            role=Role.HOST if host else Role.PARTICIPANT,
-            ttl=dt.timedelta(hours=2),
-        )
+
+def live_meetings(database_url: str, count: int, title: str = "bench room") -> list[str]:
+    """``count`` LIVE meetings, made in-process through meshroom's store (fast in bulk)."""
+    import trio
+
+    from meshroom import MeetingStatus, SqlStore
+
+    async def make() -> list[str]:
+        store = SqlStore(database_url, pool_size=2)
+        await store.open()
+        try:
+            ids = []
+            for i in range(count):
+                meeting = await store.create_meeting(title=f"{title} {i}", host_emp_id="host")
+                await store.transition(meeting.id, MeetingStatus.LIVE)
+                ids.append(meeting.id)
+            return ids
+        finally:
+            await store.close()
+
+    return trio.run(make)
+
+
+@functools.cache
+def _keys(secret: str) -> Any:
+    from meshroom import TokenKeys
+
+    return TokenKeys.shared_secret(secret)
+
+
+def bench_token(secret: str, meeting_id: str, emp_id: str, *, host: bool = False) -> str:
+    """A two-hour access token signed with ``secret``."""
+    from meshroom import Role, mint_token
+
+    return mint_token(
+        _keys(secret),
+        meeting_id=meeting_id,
+        emp_id=emp_id,
+        display_name=emp_id,
+        role=Role.HOST if host else Role.PARTICIPANT,
+        ttl=dt.timedelta(hours=2),
+    )
