@@ -19,14 +19,20 @@ keep increasing across a Redis that lost its data.
 
 from __future__ import annotations
 
-# KEYS: room, epoch, boot. ARGV: node id, room ttl ms, node key prefix, node ttl ms.
-# Returns the room's value after the call ("<node>|<epoch>"), or "" while a fresh
-# Redis waits for the previous owners to re-assert.
-CLAIM = """
+# Redis's clock, in milliseconds: what every comparison of times in a script uses.
+_NOW_MS = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# KEYS: room, epoch, boot. ARGV: node id, room ttl ms, node key prefix, node ttl ms.
+# Returns the room's value after the call ("<node>|<epoch>"), or "" while a fresh
+# Redis waits for the previous owners to re-assert.
+CLAIM = (
+    _NOW_MS
+    + """
 local now = now_ms()
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -57,6 +63,7 @@ local value = ARGV[1] .. '|' .. epoch
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value
 """
+)
 
 # KEYS: node, boot, then for each held room: its room key and its epoch key.
 # ARGV: registration JSON, node ttl ms, room ttl ms, then each room's held value.
@@ -64,11 +71,9 @@ return value
 # record a fresh Redis lost (while ``boot`` is younger than node_ttl). Returns
 # {recovering, lost...}: 1 while no room without a record may be claimed yet, then the
 # 1-based positions (among the held rooms) of leases that are lost.
-RENEW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+RENEW = (
+    _NOW_MS
+    + """
 local now = now_ms()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local boot = redis.call('GET', KEYS[2])
@@ -97,6 +102,7 @@ for i = 1, rooms do
 end
 return lost
 """
+)
 
 # KEYS: room. ARGV: held value. Deletes the lease only if it is still this one.
 RELEASE = """

@@ -266,15 +266,16 @@ class Hub:
         ``token`` (and ``resume_token``, ``last_seq``) when the transport took them from
         the URL; otherwise the first frame must be an ``auth`` request carrying them.
         """
-        auth = await self.authenticate(
+        finished = trio.Event()
+        if await self.hand_over(
             conn,
             token=token,
             resume_token=resume_token,
             last_seq=last_seq,
             request_id=request_id,
-        )
-        if auth is not None:
-            await self.serve_authenticated(conn, auth)
+            done=finished.set,
+        ):
+            await finished.wait()
 
     async def hand_over(
         self,

@@ -550,9 +550,7 @@ class SqlStore:
                 ).scalars()
                 self._lock_meetings(conn, open_meetings)
             rows = conn.execute(
-                sa.select(*_CLOSING_COLUMNS)
-                .where(open_rows)
-                .order_by(attendance.c.id)
+                sa.select(*_CLOSING_COLUMNS).where(open_rows).order_by(attendance.c.id)
             ).all()
             events: list[OutboxEvent] = []
             for row in rows:

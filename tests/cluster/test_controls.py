@@ -19,6 +19,19 @@ from meshroom.store import MeetingStatus
 from .harness import DEADLINE, cluster, node_of
 
 
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run `meshroom ARGV` (exit code, stdout, stderr). The CLI does a trio.run of its
+    own, so it runs in a thread."""
+
+    def run() -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return await trio.to_thread.run_sync(run)
+
+
 def api(base: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=DEADLINE
@@ -109,20 +122,11 @@ async def test_the_cli_with_redis_ends_and_kicks_at_once(tmp_path, redis, capsys
                 f"--secret={a.settings.secret}",
             ]
 
-            def cli(*argv: str) -> tuple[int, str, str]:
-                capsys.readouterr()
-                code = main([*argv, *shared])
-                out, err = capsys.readouterr()
-                return code, out, err
-
-            # The CLI is synchronous (trio.run of its own): run it in a thread.
-            code, out, err = await trio.to_thread.run_sync(
-                cli, "meeting", "kick", meeting.id, "bob"
-            )
+            code, out, err = await cli(capsys, "meeting", "kick", meeting.id, "bob", *shared)
             assert (code, out.strip(), err) == (0, "kicked bob", "")
             assert (await events_until_closed(bob))[-1].data["reason"] == "kicked"
 
-            code, out, err = await trio.to_thread.run_sync(cli, "meeting", "end", meeting.id)
+            code, out, err = await cli(capsys, "meeting", "end", meeting.id, *shared)
             assert code == 0 and "ENDED" in out and err == ""
             # Ended before the command returned, not within the 5 s the watcher takes.
             assert (await events_until_closed(alice))[-1].name == "meeting:ended"
@@ -138,20 +142,15 @@ async def test_node_list_and_drain_from_the_cli(tmp_path, redis, capsys):
             bob = await stack.enter_async_context(connect(b.url, b.token(meeting, "bob")))
             await alice.wait_for("peer:joined", empId="bob")
 
-            def cli(*argv: str) -> tuple[int, str, str]:
-                capsys.readouterr()
-                code = main([*argv, f"--redis-url={redis.url}"])
-                out, err = capsys.readouterr()
-                return code, out, err
-
-            code, out, err = await trio.to_thread.run_sync(cli, "node", "list")
+            shared = [f"--redis-url={redis.url}"]
+            code, out, err = await cli(capsys, "node", "list", *shared)
             assert code == 0 and err == ""
             assert [line.split()[:2] for line in out.splitlines()] == [
                 ["node0", "serving"],
                 ["node1", "serving"],
             ]
 
-            code, out, err = await trio.to_thread.run_sync(cli, "node", "drain", "node0")
+            code, out, err = await cli(capsys, "node", "drain", "node0", *shared)
             assert (code, out.strip(), err) == (
                 0,
                 "node node0 handed over 1 room(s); it takes no new ones",
@@ -168,8 +167,8 @@ async def test_node_list_and_drain_from_the_cli(tmp_path, redis, capsys):
                 await bob.wait_for("peer:joined", empId="alice")
                 assert node_of(b).holds(meeting.id) and meeting.id not in a.hub.rooms
 
-            code, out, err = await trio.to_thread.run_sync(cli, "node", "list")
+            code, out, err = await cli(capsys, "node", "list", *shared)
             assert out.splitlines()[0].split()[:2] == ["node0", "draining"]
-            code, out, err = await trio.to_thread.run_sync(cli, "node", "drain", "nobody")
+            code, out, err = await cli(capsys, "node", "drain", "nobody", *shared)
             assert code == 1 and out == ""
             assert err.strip().endswith("no node 'nobody' is registered (see `meshroom node list`)")
