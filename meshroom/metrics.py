@@ -29,6 +29,16 @@ class Metrics:
         r = self.registry
         self.rooms = Gauge("meshroom_rooms", "Live rooms", registry=r)
         self.peers = Gauge("meshroom_peers", "Connected, admitted peers", registry=r)
+        self.connections = Gauge(
+            "meshroom_connections",
+            "Connections holding a slot (max-connections), handshakes in the gate included",
+            registry=r,
+        )
+        self.handshakes = Gauge(
+            "meshroom_handshakes_in_progress",
+            "Connections still sending their HTTP request head to the standalone listener",
+            registry=r,
+        )
         self.joins = Counter("meshroom_joins", "Peers admitted to a room", registry=r)
         self.rejections = Counter(
             "meshroom_join_rejections", "Join attempts refused, by reason", ["reason"], registry=r
@@ -80,6 +90,9 @@ class Metrics:
         they are read at scrape time, rather than one event per signal.
         """
         self.registry.register(_RelayedCollector(hub.relay_counts))
+        slots = hub.slots
+        self.connections.set_function(lambda: slots.open + slots.handshaking)
+        self.handshakes.set_function(lambda: slots.handshaking)
         bus = hub.events
         bus.on(events.RoomOpened, lambda _: self.rooms.inc())
         bus.on(events.RoomClosed, lambda _: self.rooms.dec())

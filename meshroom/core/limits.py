@@ -72,18 +72,27 @@ def rate_limiter(rate: float, burst: float) -> RateLimiter | None:
 
 
 class ConnectionSlots:
-    """How many connections this process holds, against a maximum (0 = no maximum)."""
+    """How many connections this process holds, against a maximum (0 = no maximum).
 
-    __slots__ = ("limit", "open", "refused")
+    ``handshaking`` counts connections still sending their request head to the
+    listener's handshake gate (written by the gate's thread alone); they hold a slot too.
+    """
+
+    __slots__ = ("handshaking", "limit", "open", "refused")
 
     def __init__(self, limit: int = 0) -> None:
         self.limit = limit
         self.open = 0
+        self.handshaking = 0
         self.refused = 0
+
+    @property
+    def full(self) -> bool:
+        return bool(self.limit) and self.open + self.handshaking >= self.limit
 
     def acquire(self) -> bool:
         """Take a slot; False (and counted as refused) if every slot is taken."""
-        if self.limit and self.open >= self.limit:
+        if self.full:
             self.refused += 1
             return False
         self.open += 1

@@ -19,9 +19,9 @@ and keeps no task for it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -36,16 +36,12 @@ from ..core.connection import ConnectionClosed, ConnectionTimedOut, MessageTooLa
 from ..core.limits import ConnectionSlots, OriginPolicy
 from . import frames
 from .frames import FrameReader, ProtocolViolation
+from .gate import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY, HandshakeGate
 
 log = logging.getLogger(__name__)
 
 _NO_EVENTS: Final[list[frames.Event]] = []  # shared, never appended to
 _PING: Final = frames.frame(frames.OP_PING, b"meshroom")
-# accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
-_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-)
-_ACCEPT_RETRY: Final = 0.1
 
 RECEIVE_SIZE: Final = 65536
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -640,9 +636,8 @@ async def _plain_response(
     await trio.aclose_forcefully(stream)
 
 
-async def _request_line(stream: trio.abc.Stream) -> bytes:
+async def _request_line(stream: trio.abc.Stream, data: bytes = b"") -> bytes:
     """Read until the request line is complete (or 8 KiB, or EOF); every byte read."""
-    data = b""
     while b"\r\n" not in data and len(data) < 8192:
         more = await stream.receive_some(RECEIVE_SIZE)
         if not more:
@@ -677,9 +672,13 @@ async def serve_websocket(
     slots: ConnectionSlots | None = None,
     handler_nursery: trio.Nursery | None = None,
     extra_route: tuple[str, StreamRoute] | None = None,
+    gate: bool = True,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections on ``listeners`` at ``path`` and run ``handler`` on each.
+
+    On plain TCP listeners, connections are accepted and their request heads read by a
+    :class:`~.gate.HandshakeGate` thread (``gate=False``: by a trio task each, as on TLS).
 
     ``extra_route`` = ``(prefix, route)``: a request whose target starts with ``prefix``
     (e.g. ``/socket.io/``, plain HTTP or WebSocket) is handed to ``route`` instead.
@@ -690,30 +689,35 @@ async def serve_websocket(
     """
     slots = slots if slots is not None else ConnectionSlots()
 
-    async def on_stream(stream: trio.abc.Stream) -> None:
+    async def on_stream(
+        stream: trio.abc.Stream, received: bytes = b"", waited: float = 0.0
+    ) -> None:
         if not slots.acquire():
             with trio.move_on_after(min(handshake_timeout, REFUSAL_READ_SECONDS)):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await accept_websocket(stream, path=path, remote="?", full=True)
+                    await accept_websocket(
+                        stream, path=path, remote="?", full=True, received=received
+                    )
             await trio.aclose_forcefully(stream)
             return
         handed_over = False
         try:
-            handed_over = await _serve_stream(stream)
+            # The handshake deadline counts from accept, time in the gate included.
+            handed_over = await _serve_stream(
+                stream, received, trio.current_time() + handshake_timeout - waited
+            )
         finally:
             if not handed_over:
                 slots.release()  # (a connection handed over releases it: conn.release)
                 await trio.aclose_forcefully(stream)
 
-    async def _serve_stream(stream: trio.abc.Stream) -> bool:
+    async def _serve_stream(stream: trio.abc.Stream, received: bytes, deadline: float) -> bool:
         remote = _remote_of(stream)
         accepted = None
-        received = b""
-        deadline = trio.current_time() + handshake_timeout
         if extra_route is not None:
             with trio.move_on_at(deadline):
                 try:
-                    received = await _request_line(stream)
+                    received = await _request_line(stream, received)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await trio.aclose_forcefully(stream)
                     return False
@@ -769,9 +773,43 @@ async def serve_websocket(
         if heartbeats is not None:
             nursery.start_soon(heartbeats.run, name="websocket heartbeats")
         handlers = handler_nursery if handler_nursery is not None else nursery
-        for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handlers, on_stream)
+        plain = [lst for lst in listeners if isinstance(lst, trio.SocketListener)]
+        if gate and len(plain) == len(listeners):
+            await nursery.start(
+                _gated_accepts, plain, handlers, on_stream, handshake_timeout, slots
+            )
+        else:  # TLS (the handshake needs trio's SSLStream) or listeners of another kind
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, handlers, on_stream)
         task_status.started(list(listeners))
+
+
+async def _gated_accepts(
+    listeners: list[trio.SocketListener],
+    handlers: trio.Nursery,
+    on_stream: Callable[[trio.abc.Stream, bytes, float], Awaitable[None]],
+    handshake_timeout: float,
+    slots: ConnectionSlots,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept through a :class:`~.gate.HandshakeGate`; the listeners close when it stops."""
+
+    def deliver(sock: socket.socket, received: bytes, waited: float) -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        handlers.start_soon(on_stream, stream, received, waited)
+
+    gate = HandshakeGate(
+        listeners,
+        deliver,
+        timeout=handshake_timeout,
+        head_limit=MAX_REQUEST_HEAD_BYTES,
+        slots=slots,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        for listener in listeners:
+            await stack.enter_async_context(listener)
+        await gate.run(task_status=task_status)
 
 
 async def _accept_loop(
@@ -786,11 +824,11 @@ async def _accept_loop(
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 log.error(
-                    "accept failed: %s; retrying in %s s", os.strerror(exc.errno), _ACCEPT_RETRY
+                    "accept failed: %s; retrying in %s s", os.strerror(exc.errno), ACCEPT_RETRY
                 )
-                await trio.sleep(_ACCEPT_RETRY)
+                await trio.sleep(ACCEPT_RETRY)
             else:
                 handlers.start_soon(on_stream, stream)
