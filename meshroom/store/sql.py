@@ -530,12 +530,21 @@ class SqlStore:
                         participants.c.emp_id,
                         participants.c.banned,
                         participants.c.role_override,
-                    ).where(sa.tuple_(participants.c.meeting_id, participants.c.emp_id).in_(keys))
-                )
-                for row in found:
-                    people[(row.meeting_id, row.emp_id)] = _Person(
-                        banned=bool(row.banned), role_override=row.role_override
+                    ).where(
+                        # Not a row-value IN of the keys: PostgreSQL scans the whole table
+                        # for that. These two use the primary key; the few extra rows (this
+                        # employee in another meeting of the batch) are dropped below.
+                        participants.c.meeting_id.in_(sorted({m for m, _ in keys}))
+                        & participants.c.emp_id.in_(sorted({e for _, e in keys}))
                     )
+                )
+                wanted = set(keys)
+                for row in found:
+                    key = (row.meeting_id, row.emp_id)
+                    if key in wanted:
+                        people[key] = _Person(
+                            banned=bool(row.banned), role_override=row.role_override
+                        )
             # Decided in batch order, in Python: a second join of the same employee sees
             # the first as this transaction will have written it.
             new_people: dict[tuple[str, str], dict[str, Any]] = {}
