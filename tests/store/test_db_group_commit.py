@@ -413,3 +413,40 @@ async def _admit(store: SqlStore, meeting_id: str, emp_id: str) -> None:
     await store.admit(
         meeting_id=meeting_id, emp_id=emp_id, display_name=emp_id, role=Role.PARTICIPANT, at=T0
     )
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_ban_racing_a_storm_of_joins_ends_refused_or_removed(store, seed):
+    """Through the hub: 30 peers join at once (so their admissions batch) while a host
+    bans some of them at random moments. Each banned employee ends outside the room
+    with every row of theirs closed: refused, or admitted and then removed."""
+    from .helpers import FakeConnection, running_hub, token
+
+    rng = random.Random(seed)
+    async with running_hub(store) as h:
+        live = await h.live_meeting()
+        conns = [FakeConnection(f"emp{i:02}") for i in range(30)]
+        victims = rng.sample([c.name for c in conns], 5)
+
+        async def ban_later(emp_id: str) -> None:
+            await trio.sleep(rng.uniform(0, 0.05))
+            await h.hub.ban(live.id, emp_id, by="host")
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for conn in conns:
+                    h.nursery.start_soon(h.serve, conn, token(live, conn.name))
+                for emp_id in victims:
+                    nursery.start_soon(ban_later, emp_id)
+            for conn in conns:
+                if conn.name not in victims:
+                    await conn.wait_for("room:joined")
+            for conn in conns:
+                if conn.name in victims:
+                    await conn.served.wait()
+        room = h.hub.rooms[live.id]
+        assert not set(victims) & set(room.peers)
+        assert set(room.peers) == {c.name for c in conns} - set(victims)
+        rows = await store.attendance_for_meeting(live.id)
+        assert all(r.left_at is not None for r in rows if r.emp_id in victims)
+        assert sorted(r.emp_id for r in rows if r.left_at is None) == sorted(room.peers)
