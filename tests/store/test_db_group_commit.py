@@ -109,7 +109,7 @@ async def test_joins_waiting_together_are_one_transaction_with_answers_of_their_
     scheduled = await meeting(store, MeetingStatus.SCHEDULED)
     ended = await meeting(store, MeetingStatus.ENDED)
     await store.ban(meeting_id=live.id, emp_id="eve", by="host", reason=None, at=T0)
-    await store.admit(
+    bobs_first = await store.admit(
         meeting_id=live.id, emp_id="bob", display_name="Bob", role=Role.PARTICIPANT, at=T0
     )
     await store.set_role_override(meeting_id=live.id, emp_id="bob", role=Role.COHOST)
@@ -143,7 +143,7 @@ async def test_joins_waiting_together_are_one_transaction_with_answers_of_their_
         row.id: row
         for m in (live, other)
         for row in await store.attendance_for_meeting(m.id)
-        if row.id != (await store.attendance_for_meeting(live.id))[0].id  # bob's first join
+        if row.id != bobs_first.attendance_id
     }
     assert sorted(rows) == sorted(a.attendance_id for a in admitted.values())
     for name, admission in admitted.items():
