@@ -59,6 +59,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
             registry=r,
         )
+        self._db_latency_by_operation: dict[str, Histogram] = {}
         self.resumes = Counter(
             "meshroom_resumes",
             "Resume attempts: resumed (a peer kept its place) or refused (joined afresh)",
@@ -127,7 +128,12 @@ class Metrics:
         self.webhook_latency.labels(attempt.endpoint_id).observe(attempt.seconds)
 
     def db_call(self, operation: str, seconds: float) -> None:
-        self.db_latency.labels(operation).observe(seconds)
+        # Called for every join (and every admission batch): the labelled child is kept,
+        # not looked up under the metric's lock each time.
+        child = self._db_latency_by_operation.get(operation)
+        if child is None:
+            child = self._db_latency_by_operation[operation] = self.db_latency.labels(operation)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -482,3 +482,113 @@ def test_identity_claims_of_the_wrong_type_are_refused_and_named(
     claims: dict[str, Any], message: str
 ) -> None:
     assert refused(_signed(_valid_claims(**claims))) == message
+
+
+# The HS* fast path (meshroom.auth.tokens._verified_hmac_payload): it may only accept
+# what PyJWT accepts, with the same payload; everything else goes to PyJWT.
+
+
+def _pyjwt_payload(keys: TokenKeys, token: str) -> dict[str, Any] | None:
+    from meshroom.auth.tokens import _DECODE_OPTIONS
+
+    try:
+        return jwt.decode(  # type: ignore[no-any-return]
+            token,
+            keys.verify_key,
+            algorithms=[keys.algorithm],
+            audience=keys.audience,
+            issuer=keys.issuer,
+            options=_DECODE_OPTIONS,  # type: ignore[arg-type]
+        )
+    except (jwt.InvalidTokenError, TypeError, ValueError):
+        return None
+
+
+def _fast_payload(token: str, keys: TokenKeys = KEYS) -> dict[str, Any] | None:
+    from meshroom.auth.tokens import _verified_hmac_payload
+
+    return _verified_hmac_payload(keys, token)
+
+
+def _hand_signed(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes) -> str:
+    raw_header = header if isinstance(header, bytes) else json.dumps(header).encode()
+    raw_claims = claims if isinstance(claims, bytes) else json.dumps(claims).encode()
+    signing_input = f"{b64(raw_header)}.{b64(raw_claims)}"
+    signature = hmac.digest(SECRET.encode(), signing_input.encode(), "sha256")
+    return f"{signing_input}.{b64(signature)}"
+
+
+def test_a_minted_hs256_token_takes_the_fast_path(monkeypatch) -> None:
+    token = mint(role=Role.PARTICIPANT)
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("PyJWT was asked"))
+    assert verify_token(KEYS, token).emp_id == "alice"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _hand_signed({"alg": "HS256", "typ": "JWT", "kid": "k1"}, _valid_claims()),
+        _hand_signed({"alg": "HS256", "crit": ["b64"], "b64": False}, _valid_claims()),
+        _hand_signed({"alg": "HS384"}, _valid_claims()),
+        _hand_signed({"alg": "none"}, _valid_claims()),
+        _hand_signed(b"[1]", _valid_claims()),
+        _hand_signed({"alg": "HS256"}, b"[1]"),
+        _hand_signed({"alg": "HS256"}, b"{not json"),
+        _hand_signed({"alg": "HS256"}, _valid_claims(aud=["other"])),
+        _hand_signed({"alg": "HS256"}, _valid_claims(aud=[1, "meshroom"])),
+        _hand_signed({"alg": "HS256"}, _valid_claims(aud={"meshroom": 1})),
+        _hand_signed({"alg": "HS256"}, _valid_claims(iss=["meshroom"])),
+        _hand_signed({"alg": "HS256"}, _valid_claims(iss="other")),
+        _hand_signed({"alg": "HS256"}, _valid_claims(jti=None)),
+        _hand_signed({"alg": "HS256"}, {k: v for k, v in _valid_claims().items() if k != "aud"}),
+        mint() + "=",
+        mint().replace(".", "=.", 1),
+        mint() + ".",
+        mint()[:-2],
+        "é" + mint(),
+        mint(TokenKeys.shared_secret("t" * 48)),
+    ],
+    ids=lambda t: t[:12],
+)
+def test_the_fast_path_leaves_anything_unusual_to_pyjwt(token: str) -> None:
+    assert _fast_payload(token) is None
+    # What PyJWT says stays the answer: the same claims, or the same refusal.
+    expected = _pyjwt_payload(KEYS, token)
+    if expected is None:
+        with pytest.raises(TokenError):
+            verify_token(KEYS, token)
+
+
+def test_the_fast_path_accepts_an_audience_list_as_pyjwt_does() -> None:
+    token = _hand_signed({"alg": "HS256"}, _valid_claims(aud=["other", "meshroom"]))
+    assert (
+        _fast_payload(token)
+        == _pyjwt_payload(KEYS, token)
+        == _valid_claims(aud=["other", "meshroom"])
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    position=st.integers(min_value=0, max_value=10_000),
+    replacement=st.sampled_from(list("AZaz09-_.=+/ ")) | st.text(max_size=2),
+    delete=st.booleans(),
+)
+def test_a_mangled_token_is_accepted_by_the_fast_path_only_if_pyjwt_accepts_it(
+    position: int, replacement: str, delete: bool
+) -> None:
+    token = mint()
+    at = position % (len(token) + 1)
+    mangled = token[:at] + replacement + token[at + (1 if delete else 0) :]
+    fast = _fast_payload(mangled)
+    if fast is not None:
+        assert fast == _pyjwt_payload(KEYS, mangled)
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_the_fast_path_verifies_every_hmac_algorithm(algorithm: str) -> None:
+    keys = TokenKeys(algorithm, "k" * 64, "k" * 64)
+    token = mint(keys)
+    assert _fast_payload(token, keys) == _pyjwt_payload(keys, token) is not None
+    other = TokenKeys(algorithm, "q" * 64, "q" * 64)
+    assert _fast_payload(token, other) is None

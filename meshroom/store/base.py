@@ -155,7 +155,11 @@ class Store(Protocol):
     ) -> Admission:
         """Check the meeting is live and the employee not banned, then open an attendance row.
 
-        Raises MeetingNotFound, MeetingNotLive or EmployeeBanned.
+        Raises MeetingNotFound, MeetingNotLive or EmployeeBanned. Cancelled before its
+        write began, it raises Cancelled and writes nothing; once begun, it finishes
+        and returns (the caller's next checkpoint raises Cancelled), so the caller always
+        learns of a row it opened and can close it. An implementation may write the joins
+        that wait at the same time in one transaction (SqlStore does).
         """
         ...
 

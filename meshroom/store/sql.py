@@ -16,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
@@ -88,6 +90,35 @@ _OUTBOX_WRITTEN = "meshroom_outbox_written"
 # The enabled webhook endpoints as a writing transaction sees them: (id, wanted types or None).
 _Targets = list[tuple[str, frozenset[str] | None]]
 
+# Joins written in one transaction at most: a batch holds its meetings' row locks, and
+# keeps all its joiners waiting, until it commits.
+ADMIT_BATCH_MAX = 256
+
+
+@dataclass(eq=False, slots=True)
+class _AdmitRequest:
+    """One admit call waiting for its batch (see SqlStore.admit)."""
+
+    meeting_id: str
+    emp_id: str
+    display_name: str
+    role: Role
+    at: dt.datetime
+    taken: bool = False  # in a batch being written: its outcome will come
+    outcome: Admission | BaseException | None = None
+    settled: trio.Event = field(default_factory=trio.Event)  # outcome is set
+    # Set when settled, or when this call should take the slot and write a batch.
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class _Person:
+    """What admission reads of a participants row."""
+
+    banned: bool
+    role_override: str | None
+
+
 _TRANSITIONS = {
     MeetingStatus.SCHEDULED: {MeetingStatus.LIVE, MeetingStatus.ENDED},
     MeetingStatus.LIVE: {MeetingStatus.ENDED},
@@ -152,6 +183,12 @@ class SqlStore:
         self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._limiter = trio.CapacityLimiter(1 if self.is_sqlite else pool_size)
+        # For a thread started by a task that already holds a _limiter worker.
+        self._worker_held = trio.CapacityLimiter(math.inf)
+        # Group commit of admissions (see admit): requests not yet taken into a batch,
+        # oldest first, and whether some admit call is writing batches right now.
+        self._admit_queue: list[_AdmitRequest] = []
+        self._admit_writing = False
         # Told (operation, seconds) after every database call, waiting for a thread included.
         self.on_call: Callable[[str, float], None] | None = None
         # Called (on the Trio thread) after a call committed webhook events or made
@@ -161,10 +198,23 @@ class SqlStore:
         self._no_endpoints_until = 0.0  # time.monotonic(); see NO_ENDPOINTS_TTL
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._call(self._limiter, fn, *args, **kwargs)
+
+    async def _run_holding_worker(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """:meth:`_run` for a caller that already holds one of ``_limiter``'s workers."""
+        return await self._call(self._worker_held, fn, *args, **kwargs)
+
+    async def _call(
+        self,
+        limiter: trio.CapacityLimiter,
+        fn: Callable[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
         call = functools.partial(_translate_errors(fn), *args, **kwargs)
         started = trio.current_time()
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+            return await trio.to_thread.run_sync(call, limiter=limiter)
         finally:
             if self.on_call is not None:
                 self.on_call(fn.__name__.lstrip("_"), trio.current_time() - started)
@@ -368,69 +418,213 @@ class SqlStore:
     async def admit(
         self, *, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
     ) -> Admission:
-        return await self._run(self._admit, meeting_id, emp_id, display_name, role, at)
+        """Group commit: joins that arrive while a batch is being written share the next one.
 
-    def _admit(
-        self, meeting_id: str, emp_id: str, display_name: str, role: Role, at: dt.datetime
-    ) -> Admission:
+        Flat combining, no background task: the request joins ``_admit_queue``; if no
+        batch is being written, this call writes one itself (everything queued, its own
+        request included), else it waits until a writer settles its request or hands
+        it the slot. A refusal (not found, not live, banned) is the request's own; a
+        failure of the transaction (StoreUnavailable, anything) is every request's
+        of that batch.
+        """
+        request = _AdmitRequest(meeting_id, emp_id, display_name, role, at)
+        self._admit_queue.append(request)
+        started = trio.current_time()
+        try:
+            while request.outcome is None:
+                if not self._admit_writing:
+                    await self._write_admissions(request)
+                else:
+                    request.wake = trio.Event()
+                    await request.wake.wait()
+        except trio.Cancelled:
+            if not request.taken:
+                # Never written: withdraw it, nothing to undo.
+                self._admit_queue.remove(request)
+                self._hand_admit_slot_on()
+                raise
+            # Its batch is in flight and may commit an attendance row that nobody would
+            # close. So behave as a thread call that cannot be abandoned (what admit was
+            # before batching): wait for the outcome and return it. Trio's cancellation
+            # is level-triggered: the caller's next checkpoint raises Cancelled, and the
+            # caller, who now holds the attendance id, closes the row (the hub's
+            # _admit_and_attach does, shielded).
+            with trio.CancelScope(shield=True):
+                await request.settled.wait()
+        finally:
+            if self.on_call is not None:
+                self.on_call("admit", trio.current_time() - started)
+        if isinstance(request.outcome, BaseException):
+            raise request.outcome
+        assert request.outcome is not None
+        return request.outcome
+
+    async def _write_admissions(self, own: _AdmitRequest) -> None:
+        """Hold the admission slot and write batches until ``own`` is settled."""
+        self._admit_writing = True
+        try:
+            while own.outcome is None:
+                # Cancellable: nothing is taken from the queue until a worker is ours.
+                async with self._limiter:
+                    batch = self._admit_queue[:ADMIT_BATCH_MAX]
+                    del self._admit_queue[:ADMIT_BATCH_MAX]
+                    for request in batch:
+                        request.taken = True
+                    outcomes: list[Admission | Exception] | None = None
+                    failure: BaseException | None = None
+                    try:
+                        # Shielded: once taken, a batch is written to the end and every
+                        # waiter told, whatever happens to this task meanwhile.
+                        with trio.CancelScope(shield=True):
+                            outcomes = await self._run_holding_worker(self._admit_batch, batch)
+                    except BaseException as exc:  # every waiter of the batch gets it
+                        failure = exc
+                    for i, request in enumerate(batch):
+                        request.outcome = failure if outcomes is None else outcomes[i]
+                        request.settled.set()
+                        request.wake.set()
+        finally:
+            self._admit_writing = False
+            self._hand_admit_slot_on()
+
+    def _hand_admit_slot_on(self) -> None:
+        """The slot is free: the oldest waiting request writes the next batch."""
+        if not self._admit_writing and self._admit_queue:
+            self._admit_queue[0].wake.set()
+
+    def _admit_batch(self, batch: Sequence[_AdmitRequest]) -> list[Admission | Exception]:
+        """One transaction for every join of the batch: a few statements, not four per join.
+
+        Returns each request's outcome, in order: its Admission, or the refusal it raises.
+        """
+        outcomes: dict[int, Admission | Exception] = {}
         with self._begin() as conn:
             targets = self._webhook_targets(conn)
             # FOR SHARE (PostgreSQL): concurrent joins do not block one another, but a
-            # concurrent end (FOR UPDATE) waits for this row, or this join for the end,
+            # concurrent end (FOR UPDATE) waits for these rows, or this batch for the end,
             # so no open row can slip in after the end closed them all. With webhooks,
-            # FOR UPDATE: joins of one meeting take turns, so its events commit in the
-            # order of their sequence numbers (the worker's per-meeting order relies on it).
-            row = (
-                conn.execute(
-                    sa.select(meetings)
-                    .where(meetings.c.id == meeting_id)
-                    .with_for_update(read=not targets)
-                )
-                .mappings()
-                .first()
+            # FOR UPDATE: batches touching a meeting take turns, so its events commit in
+            # the order of their sequence numbers (the worker's per-meeting order relies
+            # on it). One statement, locking in id order like every writer here: no
+            # deadlock with another process's batch or an end.
+            meeting_ids = sorted({request.meeting_id for request in batch})
+            rows = conn.execute(
+                sa.select(meetings)
+                .where(meetings.c.id.in_(meeting_ids))
+                .order_by(meetings.c.id)
+                .with_for_update(read=not targets)
+            ).mappings()
+            meetings_by_id = {row["id"]: _meeting(row) for row in rows}
+            keys = sorted(
+                {
+                    (request.meeting_id, request.emp_id)
+                    for request in batch
+                    if request.meeting_id in meetings_by_id
+                }
             )
-            if row is None:
-                raise MeetingNotFound(meeting_id)
-            meeting = _meeting(row)
-            if meeting.status is not MeetingStatus.LIVE:
-                raise MeetingNotLive(meeting.status)
-            key = (participants.c.meeting_id == meeting_id) & (participants.c.emp_id == emp_id)
-            person = conn.execute(sa.select(participants).where(key)).mappings().first()
-            if person is not None and person["banned"]:
-                raise EmployeeBanned(emp_id)
-            effective = role
-            if role is not Role.HOST and person is not None and person["role_override"]:
-                effective = Role(person["role_override"])
-            if person is None:
-                self._insert_participant(conn, meeting_id, emp_id, display_name, effective)
-            else:
+            people: dict[tuple[str, str], _Person] = {}
+            if keys:
+                found = conn.execute(
+                    sa.select(
+                        participants.c.meeting_id,
+                        participants.c.emp_id,
+                        participants.c.banned,
+                        participants.c.role_override,
+                    ).where(
+                        # Not a row-value IN of the keys: PostgreSQL scans the whole table
+                        # for that. These two use the primary key; the few extra rows (this
+                        # employee in another meeting of the batch) are dropped below.
+                        participants.c.meeting_id.in_(sorted({m for m, _ in keys}))
+                        & participants.c.emp_id.in_(sorted({e for _, e in keys}))
+                    )
+                )
+                wanted = set(keys)
+                for row in found:
+                    key = (row.meeting_id, row.emp_id)
+                    if key in wanted:
+                        people[key] = _Person(
+                            banned=bool(row.banned), role_override=row.role_override
+                        )
+            # Decided in batch order, in Python: a second join of the same employee sees
+            # the first as this transaction will have written it.
+            new_people: dict[tuple[str, str], dict[str, Any]] = {}
+            seen_again: dict[tuple[str, str], dict[str, Any]] = {}
+            admitted: list[tuple[int, _AdmitRequest, Meeting, Role]] = []
+            for index, request in enumerate(batch):
+                meeting = meetings_by_id.get(request.meeting_id)
+                if meeting is None:
+                    outcomes[index] = MeetingNotFound(request.meeting_id)
+                    continue
+                if meeting.status is not MeetingStatus.LIVE:
+                    outcomes[index] = MeetingNotLive(meeting.status)
+                    continue
+                key = (request.meeting_id, request.emp_id)
+                person = people.get(key)
+                if person is not None and person.banned:
+                    outcomes[index] = EmployeeBanned(request.emp_id)
+                    continue
+                effective = request.role
+                if request.role is not Role.HOST and person is not None and person.role_override:
+                    effective = Role(person.role_override)
+                if person is None:
+                    people[key] = _Person(banned=False, role_override=None)
+                    new_people[key] = {
+                        "meeting_id": request.meeting_id,
+                        "emp_id": request.emp_id,
+                        "banned": False,
+                    }
+                values = new_people[key] if key in new_people else seen_again.setdefault(key, {})
+                values.update(display_name=request.display_name, last_role=effective.value)
+                admitted.append((index, request, meeting, effective))
+            if new_people:
                 conn.execute(
-                    participants.update()
-                    .where(key)
-                    .values(display_name=display_name, last_role=effective.value)
+                    _insert_ignoring_conflict(self.engine, participants),
+                    [new_people[key] for key in sorted(new_people)],
                 )
-            inserted = conn.execute(
-                attendance.insert().values(
-                    meeting_id=meeting_id,
-                    emp_id=emp_id,
-                    display_name=display_name,
-                    role=effective.value,
-                    joined_at=at,
+            if seen_again:
+                conn.execute(
+                    _UPDATE_PARTICIPANT,
+                    [
+                        {"key_meeting": m, "key_emp": e, **seen_again[(m, e)]}
+                        for m, e in sorted(seen_again)
+                    ],
                 )
+            opened = [
+                {
+                    "meeting_id": request.meeting_id,
+                    "emp_id": request.emp_id,
+                    "display_name": request.display_name,
+                    "role": effective.value,
+                    "joined_at": request.at,
+                }
+                for _, request, _, effective in admitted
+            ]
+            attendance_ids = (
+                [int(i) for i in conn.execute(_INSERT_ATTENDANCE, opened).scalars()]
+                if opened
+                else []
             )
-            assert inserted.inserted_primary_key is not None
-            attendance_id = int(inserted.inserted_primary_key[0])
-            if targets:
-                joined = outbox.participant_joined(
-                    meeting_id=meeting_id,
-                    attendance_id=attendance_id,
-                    emp_id=emp_id,
-                    display_name=display_name,
-                    role=effective,
-                    joined_at=at,
+            events: list[OutboxEvent] = []
+            for attendance_id, (index, request, meeting, effective) in zip(
+                attendance_ids, admitted, strict=True
+            ):
+                outcomes[index] = Admission(
+                    meeting=meeting, attendance_id=attendance_id, role=effective
                 )
-                self._write_events(conn, targets, [joined])
-        return Admission(meeting=meeting, attendance_id=attendance_id, role=effective)
+                if targets:
+                    events.append(
+                        outbox.participant_joined(
+                            meeting_id=request.meeting_id,
+                            attendance_id=attendance_id,
+                            emp_id=request.emp_id,
+                            display_name=request.display_name,
+                            role=effective,
+                            joined_at=request.at,
+                        )
+                    )
+            if events:
+                self._write_events(conn, targets, events)
+        return [outcomes[index] for index in range(len(batch))]
 
     def _insert_participant(
         self,
@@ -449,7 +643,7 @@ class SqlStore:
             "banned": False,
             **extra,
         }
-        conn.execute(_insert_ignoring_conflict(self.engine, participants, values))
+        conn.execute(_insert_ignoring_conflict(self.engine, participants), values)
 
     async def record_leaves(self, leaves: Sequence[Leave]) -> int:
         if not leaves:
@@ -1168,6 +1362,13 @@ _INSERT_EVENTS = webhook_events.insert().returning(
 )
 _INSERT_DELIVERIES = webhook_deliveries.insert()
 
+_INSERT_ATTENDANCE = attendance.insert().returning(attendance.c.id, sort_by_parameter_order=True)
+# SET display_name, last_role: the columns named in each row's parameters.
+_UPDATE_PARTICIPANT = participants.update().where(
+    (participants.c.meeting_id == sa.bindparam("key_meeting"))
+    & (participants.c.emp_id == sa.bindparam("key_emp"))
+)
+
 # What closing an attendance row reads of it (for the webhook events that describe it).
 _CLOSING_COLUMNS = (
     attendance.c.id,
@@ -1250,16 +1451,17 @@ def _meeting(row: Any) -> Meeting:
     )
 
 
-def _insert_ignoring_conflict(engine: Engine, table: sa.Table, values: dict[str, Any]) -> Any:
+def _insert_ignoring_conflict(engine: Engine, table: sa.Table) -> Any:
+    """An INSERT (values given at execution, one row or many) that skips rows already there."""
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).values(**values).on_conflict_do_nothing()
+        return pg_insert(table).on_conflict_do_nothing()
     if engine.dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(table).values(**values).on_conflict_do_nothing()
-    return table.insert().values(**values)
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return table.insert()
 
 
 def _translate_errors(fn: Callable[P, T]) -> Callable[P, T]:

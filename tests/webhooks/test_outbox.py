@@ -4,6 +4,7 @@ claimed under leases, one meeting's events in order."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 import trio
+import trio.testing
 
 from meshroom.roles import Role
 from meshroom.store import Meeting, MeetingStatus, SqlStore
@@ -361,6 +363,39 @@ async def test_concurrent_joins_of_one_meeting_become_visible_in_seq_order(store
     assert len(final) == 41
     for seen in snapshots:
         assert seen == final[: len(seen)], "a later event was visible before an earlier one"
+
+
+async def test_a_batch_of_joins_writes_its_events_in_its_transaction_in_row_order(store):
+    """Joins of several meetings written as one batch (group commit): one participant.joined
+    per admitted join, none for a refused one, numbered in the order of the rows."""
+    await store.put_webhook_endpoint(endpoint("http://127.0.0.1:9/"))
+    first, second = await live(store, "First"), await live(store, "Second")
+    await store.ban(meeting_id=first.id, emp_id="eve", by="alice", reason=None, at=T0)
+    before = len(event_rows(store))
+    joined: dict[str, int] = {}
+    held = [object() for _ in range(int(store._limiter.total_tokens))]
+    for holder in held:  # every worker busy: the joins below queue up into one batch
+        await store._limiter.acquire_on_behalf_of(holder)
+
+    async def join(meeting: Meeting, emp_id: str) -> None:
+        with contextlib.suppress(EmployeeBanned):
+            joined[emp_id] = await admit(store, meeting, emp_id)
+
+    async with trio.open_nursery() as nursery:
+        for i, (meeting, emp_id) in enumerate(
+            [(first, "ann"), (second, "bob"), (first, "eve"), (first, "cy"), (second, "dee")]
+        ):
+            nursery.start_soon(join, meeting, emp_id, name=str(i))
+            await trio.testing.wait_all_tasks_blocked()
+        for holder in held:
+            store._limiter.release_on_behalf_of(holder)
+    assert sorted(joined) == ["ann", "bob", "cy", "dee"]
+    rows = event_rows(store)[before:]
+    assert [t for _, t, _ in rows] == ["participant.joined"] * 4
+    events = (await bodies(store))[-4:]
+    assert [e.data.emp_id for e in events] == ["ann", "bob", "cy", "dee"]
+    assert [e.data.attendance_id for e in events] == sorted(joined.values())
+    assert [mid for _, _, mid in rows] == [first.id, second.id, first.id, second.id]
 
 
 async def test_two_workers_never_claim_the_same_delivery(db_url):
