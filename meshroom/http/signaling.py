@@ -7,6 +7,11 @@ else (HTTP, the app's own WebSocket routes, ``/socket.io/``) to Quart, unchanged
 Quart each message cost a second queue, a task of Quart's, a request context and two
 signals, none of which the hub needs.
 
+Served by hypercorn, the connection goes one step further and runs on hypercorn's own
+stream with meshroom's framing (:mod:`meshroom.transports.hypercorn_ws`): hypercorn's
+per-message path (wsproto, a queue, a socket write per message) was most of the cost,
+far more than Quart's. Under any other ASGI server it is plain ASGI.
+
 So Quart's hooks (``before_websocket``, ``after_websocket``) and signals
 (``websocket_received``, ``websocket_sent``) do not run for the signaling route.
 """
@@ -29,6 +34,7 @@ from ..transports.asgi import (
     route_path,
     serve_asgi_websocket,
 )
+from ..transports.hypercorn_ws import connection_for
 
 if TYPE_CHECKING:
     from .extension import Meshroom
@@ -61,6 +67,7 @@ class SignalingMiddleware:
             slots=meshroom.hub.slots,
             origins=_origin_policy(settings.allowed_origins),
             max_message_bytes=settings.max_message_bytes,
+            connection=connection_for,
         )
 
 
