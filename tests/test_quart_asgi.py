@@ -17,7 +17,7 @@ import pytest
 import trio
 from _rawws import raw_client
 from _servers import RunningServer, server_settings, start_server
-from wsproto.events import CloseConnection, Ping, Pong
+from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
 from meshroom import Role
 from meshroom.client import connect
@@ -79,6 +79,40 @@ async def test_relay_limits_and_errors_on_either_connection(server):
             assert (await bob.request("ping"))["serverTime"]
             assert await alice.kick("bob") == {"targetEmpId": "bob"}
             assert await bob.wait_closed() == 4005
+
+
+async def test_a_burst_in_one_write_is_relayed_whole_and_in_order(server):
+    """Many reads' worth of frames at once: the reader takes them as the room catches up."""
+    meeting = await server.meeting()
+    count = 400
+    with trio.fail_after(TIMEOUT):
+        async with (
+            connect(quart_url(server), server.token(meeting, "alice", Role.HOST)) as alice,
+            raw_client(quart_url(server)) as bob,
+        ):
+            await bob.authenticate(server.token(meeting, "bob"))
+            await alice.wait_for("peer:joined", empId="bob")
+            burst = b"".join(
+                bob.ws.send(
+                    TextMessage(
+                        data=json.dumps(
+                            {
+                                "event": "signal:ice",
+                                "data": {
+                                    "targetEmpId": "alice",
+                                    "candidate": {"candidate": f"c{n}", "pad": "x" * 300},
+                                },
+                            }
+                        )
+                    )
+                )
+                for n in range(count)
+            )
+            assert len(burst) > 2 * 65536  # more than one of hypercorn's reads
+            await bob.stream.send_all(burst)
+            for n in range(count):
+                got = await alice.wait_for("signal:ice")
+                assert got.data["candidate"]["candidate"] == f"c{n}"
 
 
 async def test_a_client_close_is_answered_and_the_peer_leaves(server):
