@@ -36,7 +36,11 @@ HEADLINES = {
     "capacity": ("kb_per_peer", "lower"),
 }
 # Numbers reported beside the headline (from the same best run), by scenario.
-EXTRAS = {"capacity": [("idle server CPU %", "server_cpu")]}
+EXTRAS = {
+    "capacity": [("idle server CPU %", "server_cpu")],
+    # On a shared machine the server may not get a whole core: per CPU-second is steadier.
+    "relay": [("msg per server CPU-s", "messages_per_cpu_s"), ("server CPU %", "server_cpu")],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=5000,
         help="capacity: idle peers held (meshroom only, no naive run; the default 20 s hold)",
+    )
+    p.add_argument(
+        "--target",
+        default="meshroom",
+        choices=["meshroom", "meshroom-quart", "socketio"],
+        help="which meshroom server is compared (relay, mesh; each beside the naive relay): "
+        "the standalone listener, the Quart route, or the Socket.IO endpoint",
     )
     p.add_argument("--rounds", type=int, default=2, help="runs per side and scenario")
     p.add_argument("--duration", type=float, help="seconds per relay measurement")
@@ -94,6 +105,8 @@ def run_once(
         command += ["--duration", str(args.duration)]
     if scenario == "capacity":
         command += ["--peers", str(args.capacity_peers), "--targets", "meshroom"]
+    elif args.target != "meshroom":
+        command += ["--targets", f"{args.target},naive"]
     env = dict(os.environ)
     if revision is not None:
         env["MESHROOM_BENCH_REVISION"] = revision
@@ -108,11 +121,13 @@ def run_once(
     return report
 
 
-def side_result(report: dict[str, Any], scenario: str) -> dict[str, float | None]:
+def side_result(
+    report: dict[str, Any], scenario: str, target: str = "meshroom"
+) -> dict[str, float | None]:
     key, _ = HEADLINES[scenario]
-    mine = next(r for r in report["results"] if r["target"] == "meshroom")
+    mine = next(r for r in report["results"] if r["target"] == target)
     ratio = next(
-        (r["ratio"] for r in report.get("ratios_to_naive") or [] if r["target"] == "meshroom"),
+        (r["ratio"] for r in report.get("ratios_to_naive") or [] if r["target"] == target),
         None,
     )
     result = {"headline": mine.get(key), "to_naive": ratio}
@@ -145,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 140)
-    comparison: dict[str, Any] = {"rev": args.rev, "scenarios": {}}
+    comparison: dict[str, Any] = {"rev": args.rev, "target": args.target, "scenarios": {}}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
         pinned = Path(scratch) / "pinned"
         pinned.mkdir()
@@ -160,13 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                 for name, where, rev in sides:
                     console.print(f"[dim]{scenario}: {name} (round {round_ + 1})")
                     out = Path(scratch) / f"{scenario}-{name}-{round_}.json"
-                    result = side_result(run_once(where, scenario, args, out, rev), scenario)
+                    report = run_once(where, scenario, args, out, rev)
+                    target = "meshroom" if scenario == "capacity" else args.target
+                    result = side_result(report, scenario, target)
                     if name not in best or better(
                         scenario, result["headline"], best[name]["headline"]
                     ):
                         best[name] = result
             comparison["scenarios"][scenario] = best
-    table = Table(title=f"working tree vs {args.rev} ({revision[:10]}), best of {args.rounds}")
+    target = "" if args.target == "meshroom" else f" ({args.target})"
+    table = Table(
+        title=f"working tree vs {args.rev} ({revision[:10]}){target}, best of {args.rounds}"
+    )
     columns = ("scenario", "headline", "tree", args.rev, "tree/rev", "tree x naive", "rev x naive")
     for column in columns:
         table.add_column(column, justify="right")

@@ -227,8 +227,9 @@ class Server:
         # short HTTP requests can be in flight. Waiting longer would only wait for
         # hypercorn's WebSocket ping tasks, which outlive their closed connections.
         config.graceful_timeout = min(1.0, settings.close_timeout)
-        # Hypercorn buffers a whole message before the app sees it; the app then
-        # answers FRAME_TOO_LARGE for anything over max_message_bytes.
+        # For the WebSockets hypercorn frames itself (Socket.IO's; the signaling route
+        # frames its own, with the same limit): it buffers a whole message before the
+        # app sees it, and the app answers FRAME_TOO_LARGE for one over max_message_bytes.
         config.websocket_max_message_size = hard_message_limit(settings.max_message_bytes)
         if settings.tls_cert:
             config.certfile, config.keyfile = settings.tls_cert, settings.tls_key

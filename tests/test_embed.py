@@ -433,3 +433,62 @@ async def test_an_embedded_app_runs_what_meshroom_serve_runs(example, example_en
                 assert rows[0].left_at is not None
     finally:
         sys.modules.pop("embed_quart_runtime_under_test", None)
+
+
+async def test_the_middleware_leaves_the_apps_own_websockets_and_hooks_to_quart(
+    tmp_path, monkeypatch
+):
+    """Only {prefix}/meetings bypasses Quart; the app's WebSocket routes and hooks are its own."""
+    from _rawws import Refused, raw_client
+    from quart import websocket
+    from trio_websocket import open_websocket_url
+
+    monkeypatch.chdir(tmp_path)
+    app = QuartTrio("ws_app")
+    app.config.update(
+        MESHROOM_DATABASE_URL=f"sqlite:///{tmp_path / 'ws.db'}",
+        MESHROOM_SECRET=SECRET,
+        MESHROOM_API_KEYS=KEY,
+    )
+    hooked: list[str] = []
+
+    @app.before_websocket
+    async def remember() -> None:
+        hooked.append(websocket.path)
+
+    @app.websocket("/echo")
+    async def echo() -> None:
+        while True:
+            await websocket.send(f"echo: {await websocket.receive()}")
+
+    @app.get("/hello")
+    async def hello() -> str:
+        return "hello"
+
+    Meshroom(app, url_prefix="/rtc")
+    with trio.fail_after(TIMEOUT):
+        async with served(app) as site, api_client(site.http_url) as http:
+            assert (await http.get("/hello")).text == "hello"
+            async with open_websocket_url(f"{site.ws_url}/echo") as ws:
+                await ws.send_message("hi")
+                assert await ws.get_message() == "echo: hi"
+            assert hooked == ["/echo"]
+
+            meeting = (
+                await http.post(
+                    "/rtc/api/meetings", json={"title": "T", "hostEmpId": "alice", "start": True}
+                )
+            ).json()
+            token = (
+                await http.post(f"/rtc/api/meetings/{meeting['id']}/tokens", json={"empId": "bob"})
+            ).json()["token"]
+            async with connect(f"{site.ws_url}/rtc/meetings", token) as bob:
+                assert (await bob.request("ping"))["serverTime"]
+            assert hooked == ["/echo"]  # the signaling route does not go through Quart
+
+            # Outside the prefix (or past the path) it is Quart's: no such route.
+            for path in ("/meetings", "/rtc/meetings/extra"):
+                with pytest.raises(Refused) as refused:
+                    async with raw_client(f"{site.ws_url}{path}"):
+                        pass
+                assert refused.value.status == 404, path

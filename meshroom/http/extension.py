@@ -32,7 +32,7 @@ from ..webhooks import WebhookService
 from .api import api
 from .docs import asset_urls, docs_assets
 from .ops import ops
-from .signaling import signaling
+from .signaling import SignalingMiddleware
 from .socketio import socketio_blueprint
 from .web import web
 from .webhooks import OpenAPIWithWebhooks  # importing it adds /api/webhooks/… to `api`
@@ -136,10 +136,11 @@ class Meshroom:
             schema.security_schemes = schemes
         app.register_blueprint(api, url_prefix=f"{self.url_prefix}/api")
         app.register_blueprint(ops, url_prefix=self.url_prefix or None)
-        app.register_blueprint(signaling, url_prefix=self.url_prefix or None)
         app.register_blueprint(socketio_blueprint, url_prefix=self.url_prefix or None)
         app.register_blueprint(web, url_prefix=self.url_prefix or None)
         app.register_blueprint(docs_assets, url_prefix=self.url_prefix or None)
+        # The signaling WebSocket bypasses Quart (see meshroom.http.signaling).
+        app.asgi_app = SignalingMiddleware(app.asgi_app, self)  # type: ignore[method-assign,assignment]
         if self._owns_runtime:
             app.before_serving(self._start)
             app.after_serving(self._stop)

@@ -1,32 +1,87 @@
-"""The signaling WebSocket as a Quart route, over the same hub as the standalone listener."""
+"""The signaling WebSocket of an app with meshroom in it (``/meetings`` under the prefix).
+
+It is served by :class:`SignalingMiddleware`, an ASGI middleware that ``Meshroom(app)``
+puts in front of the app (``app.asgi_app``): WebSocket requests for the signaling path
+go straight to the hub (:func:`meshroom.transports.asgi.serve_asgi_websocket`), everything
+else (HTTP, the app's own WebSocket routes, ``/socket.io/``) to Quart, unchanged. Through
+Quart each message cost a second queue, a task of Quart's, a request context and two
+signals, none of which the hub needs.
+
+Served by hypercorn, the connection goes one step further and runs on hypercorn's own
+stream with meshroom's framing (:mod:`meshroom.transports.hypercorn_ws`): hypercorn's
+per-message path (wsproto, a queue, a socket write per message) was most of the cost,
+far more than Quart's. Under any other ASGI server it is plain ASGI.
+
+So Quart's hooks (``before_websocket``, ``after_websocket``) and signals
+(``websocket_received``, ``websocket_sent``) do not run for the signaling route.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from quart import Blueprint, Response, current_app, websocket
 
 from ..core.connection import ConnectionClosed, MessageTooLarge
 from ..core.limits import OriginPolicy
-from ..transports.websocket import (
-    LAST_SEQ_QUERY_PARAMETER,
-    RESUME_QUERY_PARAMETER,
-    TOKEN_QUERY_PARAMETER,
-    parse_last_seq,
+from ..transports.asgi import (
+    ASGIMessage,
+    ASGIReceive,
+    ASGISend,
+    route_path,
+    serve_asgi_websocket,
 )
+from ..transports.hypercorn_ws import connection_for
 
 if TYPE_CHECKING:
     from .extension import Meshroom
 
-signaling = Blueprint("meshroom_signaling", __name__)
+SIGNALING_PATH: Final = "/meetings"
+
+# (Quart types its asgi_app with hypercorn's TypedDicts; any ASGI app will do.)
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class SignalingMiddleware:
+    """ASGI middleware: the signaling WebSocket to the hub, everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, meshroom: Meshroom) -> None:
+        self.app = app
+        self.meshroom = meshroom
+        self.path = f"{meshroom.url_prefix}{SIGNALING_PATH}"
+
+    async def __call__(self, scope: ASGIMessage, receive: ASGIReceive, send: ASGISend) -> None:
+        if scope["type"] != "websocket" or route_path(scope) != self.path:
+            await self.app(scope, receive, send)
+            return
+        meshroom = self.meshroom
+        settings = meshroom.settings
+        await serve_asgi_websocket(
+            scope,
+            receive,
+            send,
+            serve=meshroom.runtime.serve,
+            slots=meshroom.hub.slots,
+            origins=_origin_policy(settings.allowed_origins),
+            max_message_bytes=settings.max_message_bytes,
+            connection=connection_for,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _origin_policy(allowed: str) -> OriginPolicy:
+    return OriginPolicy(part for part in allowed.split(","))
 
 
 class QuartConnection:
-    """:class:`meshroom.core.Connection` over Quart's ``websocket`` object."""
+    """:class:`meshroom.core.Connection` over Quart's ``websocket`` object.
+
+    The Socket.IO endpoint's WebSocket (:mod:`meshroom.http.socketio`) is a Quart route
+    and uses this; the signaling route no longer goes through Quart.
+    """
 
     def __init__(self, ws: Any, *, max_message_bytes: int) -> None:
         self._ws = ws
@@ -73,39 +128,3 @@ class QuartConnection:
         self._gone = True
         if self._receive_scope is not None:
             self._receive_scope.cancel()
-
-
-@functools.lru_cache(maxsize=8)
-def _origin_policy(allowed: str) -> OriginPolicy:
-    return OriginPolicy(part for part in allowed.split(","))
-
-
-@signaling.websocket("/meetings")
-async def meetings() -> Response | None:
-    meshroom: Meshroom = current_app.extensions["meshroom"]
-    hub = meshroom.hub
-    # Refusals before the upgrade are plain HTTP answers (hypercorn's WebSocket
-    # denial response), as on the standalone listener.
-    origins = _origin_policy(meshroom.settings.allowed_origins)
-    if not origins.allows(websocket.headers.get("Origin")):
-        return Response("this Origin may not open a signaling WebSocket\n", 403)
-    if not hub.slots.acquire():
-        return Response("too many connections; try again shortly\n", 503, {"Retry-After": "5"})
-    try:
-        conn = QuartConnection(
-            websocket._get_current_object(),  # type: ignore[attr-defined]  # used outside this context
-            max_message_bytes=meshroom.settings.max_message_bytes,
-        )
-        await websocket.accept()
-        try:
-            await meshroom.runtime.serve(
-                conn,
-                token=websocket.args.get(TOKEN_QUERY_PARAMETER),
-                resume_token=websocket.args.get(RESUME_QUERY_PARAMETER),
-                last_seq=parse_last_seq(websocket.args.get(LAST_SEQ_QUERY_PARAMETER)),
-            )
-        finally:
-            conn.disconnected()
-    finally:
-        hub.slots.release()
-    return None
