@@ -466,7 +466,7 @@ class _Session:
         try:
             answer = state.probe(parse_probe_reply(await ws.receive()))
             await ws.send([b"3" + str(answer.data).encode()])
-            self.notify()  # the pending GET gets its noop
+            self.notify()  # a pending GET is answered now (noop if nothing is queued)
             state.upgrade(parse_probe_reply(await ws.receive()))
         except (SessionError, MessageTooLarge) as exc:
             log.debug("socket.io upgrade of %s failed: %s", self.sid, exc)

@@ -239,6 +239,39 @@ def test_session_rules() -> None:
     assert session.take_poll() is None  # then the GET gets an error
 
 
+def test_every_get_is_answered_at_once_while_upgrading() -> None:
+    """The race behind hypercorn: the GET pending at the probe carries queued packets,
+    the client gets them before ``3probe`` and polls again; that GET must not wait."""
+    session = EngineSession(
+        "sid", Transport.POLLING, heartbeat=Heartbeat(25.0, 20.0), max_payload=1000, now=0.0
+    )
+    session.begin_get()
+    assert not session.poll_ready()  # an idle GET waits for traffic
+    session.push(engineio.Packet(engineio.PacketType.MESSAGE, '40/meetings,{"sid":"x"}'))
+    session.probe(engineio.Packet(engineio.PacketType.PING, "probe"))
+    assert session.poll_ready()
+    assert session.take_poll() == '440/meetings,{"sid":"x"}'  # the packet, not a noop
+    session.end_get()
+    # The client polled again before 3probe reached it: answered at once, with a noop.
+    session.begin_get()
+    assert session.poll_ready()
+    assert session.take_poll() == "6"
+    session.end_get()
+    # And a GET still pending when "5" arrives is released too.
+    session.begin_get()
+    session.upgrade(engineio.Packet(engineio.PacketType.UPGRADE))
+    assert session.poll_ready()
+    assert session.take_poll() == "6"
+    session.end_get()
+    # A probe that fails puts polling back to waiting for traffic.
+    other = EngineSession(
+        "sid2", Transport.POLLING, heartbeat=Heartbeat(25.0, 20.0), max_payload=1000, now=0.0
+    )
+    other.probe(engineio.Packet(engineio.PacketType.PING, "probe"))
+    other.upgrade_failed()
+    assert not other.poll_ready()
+
+
 # -- the namespace bridge ---------------------------------------------------------------
 
 
