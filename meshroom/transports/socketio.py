@@ -683,6 +683,9 @@ class SocketIOEndpoint:
         max_message_bytes: the native message limit; ``maxPayload`` adds the framing.
         connect_timeout: how long a session may stay without a connected namespace.
         origins: who may open sessions (None: anyone).
+        resume_memory_seconds: how long a dropped connection's resume token is kept
+            for the client's reconnect (0: not at all).
+        max_sessions: Engine.IO sessions at once; past it, handshakes get 503 (0: no limit).
     """
 
     serve: Serve
@@ -693,7 +696,7 @@ class SocketIOEndpoint:
     close_timeout: float = 5.0
     origins: OriginPolicy | None = None
     resume_memory_seconds: float = 120.0
-    max_sessions: int = 10000  # Engine.IO sessions at once; past it, handshakes get 503
+    max_sessions: int = 10000
     _sessions: dict[str, _Session] = field(default_factory=dict)
     # digest of an access token -> (resume token, last seq sent to the client, expiry)
     _resume: OrderedDict[str, tuple[str, int | None, float]] = field(default_factory=OrderedDict)
@@ -732,6 +735,8 @@ class SocketIOEndpoint:
     # -- resume memory ----------------------------------------------------------------
 
     def remember(self, key: str, resume_token: str, last_seq: int | None = None) -> None:
+        if self.resume_memory_seconds <= 0:
+            return
         expiry = trio.current_time() + self.resume_memory_seconds
         self._resume[key] = (resume_token, last_seq, expiry)
         self._resume.move_to_end(key)
@@ -784,7 +789,7 @@ class SocketIOEndpoint:
                 return _error(400, ErrorCode.BAD_HANDSHAKE_METHOD)
             if self._nursery is None:
                 return HttpResponse(503, b"socket.io endpoint not running\n")
-            if len(self._sessions) >= self.max_sessions:
+            if 0 < self.max_sessions <= len(self._sessions):
                 return HttpResponse(
                     503, b"too many sessions; try again shortly\n", headers=(("Retry-After", "5"),)
                 )
@@ -820,7 +825,8 @@ class SocketIOEndpoint:
         if refusal is None and method not in ("GET", "POST"):
             refusal = _error(400, ErrorCode.BAD_REQUEST)
         if refusal is not None:
-            return HttpResponse(refusal.status, refusal.body, refusal.content_type, cors, True)
+            with_cors = (*cors, *refusal.headers)  # Retry-After of a 503 included
+            return HttpResponse(refusal.status, refusal.body, refusal.content_type, with_cors, True)
         sid = _arg(query, "sid")
         if sid is None:
             session = await self._open(Transport.POLLING, remote)
@@ -932,7 +938,9 @@ class SocketIOEndpoint:
                 await _respond(
                     http,
                     stream,
-                    HttpResponse(refusal.status, refusal.body, refusal.content_type, close=True),
+                    HttpResponse(
+                        refusal.status, refusal.body, refusal.content_type, refusal.headers, True
+                    ),
                 )
                 return False
             await self._accept_websocket(http, stream, query, key or "", remote)
@@ -1043,7 +1051,8 @@ async def _respond(http: h11.Connection, stream: trio.abc.Stream, answer: HttpRe
 
 def endpoint_for(settings: Any, serve: Serve) -> SocketIOEndpoint:
     """The endpoint configured from :class:`meshroom.config.Settings` (heartbeats,
-    message size, the auth and close timeouts, allowed origins)."""
+    message size, the auth and close timeouts, allowed origins, the session cap and
+    the resume memory)."""
     return SocketIOEndpoint(
         serve,
         heartbeat_interval=settings.heartbeat_interval,
@@ -1052,4 +1061,6 @@ def endpoint_for(settings: Any, serve: Serve) -> SocketIOEndpoint:
         connect_timeout=settings.auth_timeout,
         close_timeout=settings.close_timeout,
         origins=settings.origin_policy(),
+        resume_memory_seconds=settings.socketio_resume_memory,
+        max_sessions=settings.socketio_max_sessions,
     )

@@ -26,10 +26,10 @@ from .harness import SERVER_DISCONNECT, driver
 
 
 @asynccontextmanager
-async def quart_app(tmp_path: Path) -> AsyncIterator[tuple[str, Meshroom]]:
+async def quart_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[str, Meshroom]]:
     """An app that embeds meshroom (which registers the Socket.IO blueprint); its base URL."""
     app = QuartTrio("embedding")
-    meshroom = Meshroom(app, settings=server_settings(tmp_path))
+    meshroom = Meshroom(app, settings=server_settings(tmp_path, **overrides))
     assert socketio_blueprint.name in app.blueprints  # Meshroom registers it
     config = Config()
     config.bind = ["127.0.0.1:0"]
