@@ -208,8 +208,7 @@ class _Session:
         out: list[bytes] = []
         last: int | None = None
         for frame in frames:
-            for text in bridge.outbound_text(frame):
-                out.append(b"4" + text.encode())
+            out += bridge.outbound_messages(frame)
             if bridge.frame_seq is not None:
                 last = bridge.frame_seq
         if not out:
@@ -266,20 +265,21 @@ class _Session:
         await self._dispatch(packet_sio, message, start)
 
     async def _event(self, conn: SocketIOConnection, message: str) -> None:
-        """An EVENT's text (``2…``) while ``conn`` is the connected namespace.
+        """An Engine.IO message carrying an EVENT (``42…``) while ``conn`` is the
+        connected namespace.
 
         Raises:
             SessionError: as :meth:`feed`.
         """
         try:
-            packet, start = socketio.decode_at(message)
+            packet, start = socketio.decode_at(message, 1)
         except SocketIOProtocolError as exc:
             raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
         if packet.namespace != NAMESPACE:
             await self._dispatch(packet, message, start)
             return
         frame = conn.bridge.inbound(packet, message, start)
-        if frame is not None:
+        if frame is not None and not conn.deliver_now(frame):
             await conn.deliver(frame)
 
     async def _binary(self, packet: socketio.Packet | None) -> None:
@@ -343,7 +343,7 @@ class _Session:
             data["resumeToken"] = resume
             if last_seq is not None:
                 data["lastSeq"] = last_seq
-        conn.deliver_nowait(encode_json({"event": "auth", "data": data}))
+        conn.deliver_nowait(encode_json({"event": "auth", "data": data}).decode())
         self.nursery.start_soon(self._serve, conn)
 
     async def _serve(self, conn: SocketIOConnection) -> None:
@@ -513,7 +513,11 @@ class _Session:
                     # The hot path: an EVENT on a connected namespace, as feed() would
                     # take it (a message proves the client alive), minus the layers.
                     self.state.heard(0.0)
-                    await self._event(conn, data[1:])
+                    frame = conn.bridge.event_frame(data)
+                    if frame is None:
+                        await self._event(conn, data)  # the general way
+                    elif not conn.deliver_now(frame):
+                        await conn.deliver(frame)
                 else:
                     await self.feed(engineio.decode_packet(data))
             except (EngineIOProtocolError, SessionError) as exc:
@@ -532,7 +536,7 @@ class SocketIOConnection:
         self._session = session
         self.bridge = bridge
         self._token_key = token_key
-        self._inbound: deque[bytes | MessageTooLarge] = deque()
+        self._inbound: deque[str | MessageTooLarge] = deque()
         self._max = session.endpoint.max_message_bytes
         self._closed = False  # the core closed it
         self._gone = False  # the transport went away first
@@ -553,14 +557,25 @@ class SocketIOConnection:
 
     # -- from the client ----------------------------------------------------------
 
-    def deliver_nowait(self, frame: bytes) -> None:
+    def deliver_nowait(self, frame: str) -> None:
         self._inbound.append(frame)
         self._session.notify_in()
 
-    async def deliver(self, frame: bytes) -> None:
-        if len(frame) > self._max:
-            await self.deliver_error(MessageTooLarge(len(frame), self._max))
-            return
+    def deliver_now(self, frame: str) -> bool:
+        """:meth:`deliver` if it need not wait (the hot path: no coroutine); False if it must."""
+        if len(self._inbound) >= INBOUND_QUEUE or len(frame) * 4 > self._max:
+            return False
+        self._inbound.append(frame)
+        self._session.notify_in()
+        return True
+
+    async def deliver(self, frame: str) -> None:
+        # The limit is in bytes; a str can only be over it if its length is over a quarter.
+        if len(frame) * 4 > self._max:
+            size = len(frame.encode())
+            if size > self._max:
+                await self.deliver_error(MessageTooLarge(size, self._max))
+                return
         while len(self._inbound) >= INBOUND_QUEUE and not self._ended:
             await self._session.wait_in()
         self.deliver_nowait(frame)
@@ -585,7 +600,7 @@ class SocketIOConnection:
                 session.notify_in()  # room in the queue: a waiting reader may go on
                 if isinstance(item, MessageTooLarge):
                     raise item
-                return item.decode()
+                return item
             if self._gone or self._closed:
                 if session.timed_out:
                     raise ConnectionTimedOut(None, "heartbeat timeout")
