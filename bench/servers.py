@@ -240,7 +240,8 @@ class Target:
     name: str
     kind: str  # "meshroom", "naive" or "node-socketio"
     # meshroom's "standalone" wsproto listener, its Quart route served by hypercorn, or
-    # "socketio": the Socket.IO endpoint on the standalone listener (bench.socketio_serve)
+    # "socketio": the Socket.IO endpoint, which `meshroom serve` routes at /socket.io/
+    # on the standalone listener (same server, the loaders speak Socket.IO)
     transport: str = "standalone"
     database: str = "sqlite"
     profile: str | None = None  # "cprofile", "pyinstrument" or None
@@ -306,8 +307,6 @@ class Target:
                 # Create the schema before the server starts, with meshroom's own CLI.
                 self.create_meeting("warm-up")
                 cmd = [*MESHROOM, "serve"]
-                if self.transport == "socketio":
-                    cmd = [sys.executable, "-m", "bench.socketio_serve", "serve"]
                 env = self._meshroom_env()
             elif self.kind == "node-socketio":
                 cmd = [node_binary(), str(NODE_RELAY), "--port", str(self.port)]

@@ -280,6 +280,18 @@ class Settings(BaseSettings):
         ge=0,
         description="WebSocket connections per process (HTTP 503 past it); 0 = no limit",
     )
+    socketio_max_sessions: int = Field(
+        default=10000,
+        ge=0,
+        description="Socket.IO (Engine.IO) sessions per process, long-polling ones included "
+        "(HTTP 503 past it); 0 = no limit",
+    )
+    socketio_resume_memory: float = Field(
+        default=120.0,
+        ge=0,
+        description="seconds the Socket.IO endpoint remembers a dropped connection's resume "
+        "token for the client's reconnect; 0 = not at all",
+    )
     allowed_origins: str = Field(
         default="",
         description="comma-separated browser Origins allowed to connect; empty = any",

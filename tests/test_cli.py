@@ -207,6 +207,16 @@ def test_an_http_url_is_refused_with_the_websocket_one(env, capsys):
         (["serve"], {"MESHROOM_DEMO": "maybe"}, "MESHROOM_DEMO=maybe: not true or false"),
         (["serve"], {"MESHROOM_API_KEYS": "short"}, "MESHROOM_API_KEYS: each API key"),
         (["serve", "--heartbeat-timeout", "0"], {}, "--heartbeat-timeout must be positive"),
+        (
+            ["serve", "--socketio-max-sessions", "-1"],
+            {},
+            "--socketio-max-sessions=-1: cannot be negative",
+        ),
+        (
+            ["serve"],
+            {"MESHROOM_SOCKETIO_RESUME_MEMORY": "soon"},
+            "MESHROOM_SOCKETIO_RESUME_MEMORY=soon: not a number",
+        ),
         (["serve", "--tls-key", "k.pem"], {}, "TLS needs both --tls-cert and --tls-key"),
         (["serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "TLS file c.pem"),
         (["meeting", "list", "--db-pool-size", "0"], {}, "--db-pool-size=0: must be at least 1"),

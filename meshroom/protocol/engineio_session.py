@@ -10,10 +10,12 @@ rules testable with hypothesis, without sockets or sleeps:
 
 * one GET and one POST in flight at a time (a second one is a protocol error
   that ends the session, as in engine.io);
-* the upgrade: ``2probe`` over the new WebSocket is answered ``3probe``; the
-  pending GET is then answered (with ``6`` noop if nothing else is queued) so the
-  client can pause polling; ``5`` over the WebSocket switches the transport, and
-  whatever was still queued goes out there, in order;
+* the upgrade: ``2probe`` over the new WebSocket is answered ``3probe``; from then
+  until ``5``, *every* GET is answered at once (with ``6`` noop if nothing else is
+  queued), not only the one pending at the probe, so the client can pause polling
+  whichever GET it has in flight when ``3probe`` reaches it (engine.io writes a noop
+  to each such GET, on a 100 ms timer); ``5`` over the WebSocket switches the
+  transport, and whatever was still queued goes out there, in order;
 * heartbeats in v4's direction: the server sends ``2`` every ``ping_interval``;
   if nothing at all comes back within ``ping_timeout`` of a ping the session is
   dead. A polling client that vanished never fetches the ping, so it is cleaned
@@ -88,7 +90,6 @@ class EngineSession:
         # write): the layer above tags messages with the native frame's seq, so this is
         # how far the client has been sent its frames (docs/socketio.md, resume).
         self.taken_tag: int | None = None
-        self._noop_due = False  # the pending GET must be released for an upgrade
         self.get_in_flight = False
         self.post_in_flight = False
         self.next_ping = now + heartbeat.interval
@@ -130,8 +131,21 @@ class EngineSession:
         return bool(self._outbox)
 
     def poll_ready(self) -> bool:
-        """A pending GET can be answered now."""
-        return bool(self._outbox) or self._noop_due or self.closed
+        """A pending GET can be answered now.
+
+        While upgrading (and after), always: the client pauses polling once the GET it
+        has in flight when ``3probe`` reaches it comes back, and that GET is not
+        necessarily the one that was pending when the probe arrived. The one pending
+        then may have been answered with queued packets, which the client may have
+        received before ``3probe`` (the WebSocket and the GET are separate
+        connections) and polled again; that next GET must not wait for traffic.
+        """
+        return (
+            bool(self._outbox)
+            or self.transport is not Transport.POLLING
+            or self.upgrading
+            or self.closed
+        )
 
     def take_poll(self) -> str | None:
         """The body for a GET: queued packets (up to ``max_payload`` bytes, at least one).
@@ -140,7 +154,6 @@ class EngineSession:
         so the client sees a transport error and reconnects. (A ``1`` close packet
         would make python-socketio give up; socket.io-client reconnects either way.)
         """
-        self._noop_due = False
         if self.transport is not Transport.POLLING:
             # Upgraded (or upgrading and the probe already released the last GET):
             # a late GET gets a noop so the client's polling loop ends quietly.
@@ -238,8 +251,7 @@ class EngineSession:
             raise SessionError(ErrorCode.BAD_REQUEST, "expected 2probe on the upgrading WebSocket")
         if not self.can_upgrade():
             raise SessionError(ErrorCode.BAD_REQUEST, "this session cannot be upgraded")
-        self.upgrading = True
-        self._noop_due = True  # release the pending GET so the client can pause polling
+        self.upgrading = True  # GETs are answered at once until "5": see poll_ready()
         return Packet(PacketType.PONG, "probe")
 
     def upgrade(self, packet: Packet) -> None:
@@ -252,7 +264,6 @@ class EngineSession:
             raise SessionError(ErrorCode.BAD_REQUEST, "expected 5 (upgrade) after the probe")
         self.upgrading = False
         self.transport = Transport.WEBSOCKET
-        self._noop_due = False
 
     def upgrade_failed(self) -> None:
         """The probing WebSocket went away: polling carries on."""
@@ -286,7 +297,6 @@ class EngineSession:
             return
         self.closed = True
         self.close_reason = reason
-        self._noop_due = False
 
 
 def parse_probe_reply(data: str | bytes) -> Packet:

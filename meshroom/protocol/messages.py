@@ -107,18 +107,36 @@ class Request:
     id: RequestId | None = None
 
 
+class ParsedFrame(str):
+    """A client frame's text that comes with its JSON value, parsed already.
+
+    A transport that had to parse what the client sent anyway (the Socket.IO
+    endpoint parses each packet's payload to refuse what socket.io-parser refuses)
+    hands the core this instead of a plain ``str``, so :func:`decode_request` does not
+    parse the same JSON a second time. ``value`` must be exactly what
+    ``orjson.loads(text)`` gives, and nobody else's: decode_request may change it.
+    """
+
+    value: Any  # set right after construction: frame = ParsedFrame(text); frame.value = …
+
+
 def decode_request(text: str | bytes) -> Request:
     """Parse and validate one client text frame.
 
     Raises:
         ProtocolError: for anything but a well-formed request of a known event.
     """
-    try:
-        # orjson refuses nesting deeper than 1024 levels, lone surrogates and NaN,
-        # all of which are bad input here anyway.
-        obj = orjson.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}") from None
+    if type(text) is ParsedFrame:
+        obj = text.value
+    else:
+        try:
+            # orjson refuses nesting deeper than 1024 levels, lone surrogates and NaN,
+            # all of which are bad input here anyway.
+            obj = orjson.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(
+                ErrorCode.BAD_JSON, f"frame is not valid JSON: {_brief(exc)}"
+            ) from None
     if _too_deep(text, obj):
         raise ProtocolError(
             ErrorCode.BAD_JSON, f"frame nests arrays and objects deeper than {MAX_NESTING_DEPTH}"

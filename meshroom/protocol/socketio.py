@@ -34,6 +34,7 @@ from typing import Any, Final
 import orjson
 
 from .codes import CloseCode, ErrorCode
+from .messages import ParsedFrame
 
 DEFAULT_NAMESPACE: Final = "/"
 # Ack ids must fit a native request id (an integer strictly inside ±2**53).
@@ -117,19 +118,21 @@ def decode(text: str) -> Packet:
     return decode_at(text)[0]
 
 
-def decode_at(text: str) -> tuple[Packet, int]:
-    """:func:`decode`, and where the JSON payload starts in ``text`` (``len(text)``: none).
+def decode_at(text: str, at: int = 0) -> tuple[Packet, int]:
+    """:func:`decode` of ``text[at:]``, and where the JSON payload starts in ``text``
+    (``len(text)``: none). ``at`` saves the caller a copy (an Engine.IO message's
+    Socket.IO packet starts at 1).
 
     Raises:
         SocketIOProtocolError: as :func:`decode`.
     """
-    if not text:
+    if len(text) <= at:
         raise SocketIOProtocolError("empty packet")
-    head = text[0]
+    head = text[at]
     if not ("0" <= head <= "6"):
         raise SocketIOProtocolError(f"unknown packet type {head!r}")
     kind = _KINDS[ord(head) - 48]
-    i = 1
+    i = at + 1
     n = len(text)
     attachments = 0
     if kind in _BINARY:
@@ -250,16 +253,76 @@ class NamespaceBridge:
     client_disconnected: bool = False  # the client sent DISCONNECT (or it is gone)
     _refusal: dict[str, Any] | None = None  # an error frame received before the join
     _early: list[Packet] | None = None  # other frames before the join (none expected)
+    _head: bytes = b""  # an EVENT message's start on a WebSocket: 42/meetings,["
+    _event_prefix: str = ""  # an EVENT's Engine.IO message text up to its ack id: 42/meetings,
+
+    def __post_init__(self) -> None:
+        namespace = self.namespace
+        prefix = "" if namespace == DEFAULT_NAMESPACE else namespace + ","
+        self._event_prefix = "42" + prefix
+        self._head = (self._event_prefix + '["').encode()
 
     # -- client → server ------------------------------------------------------------
 
-    def inbound(self, packet: Packet, text: str = "", start: int = 0) -> bytes | None:
+    def event_frame(self, message: str) -> str | None:
+        """The native request frame for an Engine.IO message carrying a plain EVENT on
+        this namespace, or None: then the message takes the general way
+        (:func:`decode_at`, :meth:`inbound`), which also refuses what is invalid.
+
+        Plain: ``42<namespace>,[<ack id>]["<name>",<argument>]`` with one argument and a
+        name written without escapes, no space around them (what socket.io-client
+        sends for ``emit(name, data[, callback])``). The frame is what :meth:`inbound`
+        returns for it, a :class:`~.messages.ParsedFrame`, from one parse of the
+        payload (which refuses invalid JSON as the general way does) and no
+        :class:`Packet`.
+        """
+        prefix = self._event_prefix
+        if not message.startswith(prefix):
+            return None
+        i = j = len(prefix)
+        n = len(message)
+        while j < n and "0" <= message[j] <= "9":
+            j += 1
+        ack_id: int | None = None
+        if j > i:
+            if j - i > 16:
+                return None
+            ack_id = int(message[i:j])
+            if ack_id > MAX_ACK_ID:
+                return None
+        try:
+            payload = orjson.loads(message[j:])
+        except orjson.JSONDecodeError:
+            return None
+        if type(payload) is not list or len(payload) != 2:
+            return None
+        name = payload[0]
+        if type(name) is not str or name in RESERVED_EVENTS:
+            return None
+        lead = '["' + name + '",'
+        # The payload parsed, and its text starts with the name as it is: so the name
+        # has nothing JSON escapes (a quote, a backslash, a control character), and
+        # the argument's JSON text is what lies between the comma and the last ].
+        if not message.startswith(lead, j) or message[-1] != "]":
+            return None
+        raw = message[j + len(lead) : -1]
+        if ack_id is None:
+            frame = ParsedFrame(f'{{"event":"{name}","data":{raw}}}')
+            frame.value = {"event": name, "data": payload[1]}
+        else:
+            frame = ParsedFrame(f'{{"event":"{name}","id":{ack_id},"data":{raw}}}')
+            frame.value = {"event": name, "id": ack_id, "data": payload[1]}
+        return frame
+
+    def inbound(self, packet: Packet, text: str = "", start: int = 0) -> str | None:
         """The native request frame for a packet on this namespace; None if it has none.
 
         ``text`` / ``start``: the packet's text and where its payload starts there
         (:func:`decode_at`), if known. An event with one argument and a plain name
         then has that argument's JSON text copied into the native frame as it is,
-        not decoded and encoded again (the core parses the frame anyway).
+        not decoded and encoded again, and the frame is a
+        :class:`~.messages.ParsedFrame` carrying the native request built from the
+        payload this packet's decoding parsed already: the core does not parse it again.
 
         Raises:
             SocketIOProtocolError: a packet type a client may not send here.
@@ -273,23 +336,19 @@ class NamespaceBridge:
                     head = '["' + name + '",'
                     if text.startswith(head, start) and text[-1] == "]":
                         raw = text[start + len(head) : -1]
-                        if packet.id is None:
-                            native = f'{{"event":"{name}","data":{raw}}}'
-                        else:
-                            native = f'{{"event":"{name}","id":{packet.id},"data":{raw}}}'
-                        return native.encode()
+                        return _native_event(name, packet.id, raw, payload[1])
             name, *args = packet.data
-            frame: dict[str, Any] = {"event": name if isinstance(name, str) else str(name)}
+            request: dict[str, Any] = {"event": name if isinstance(name, str) else str(name)}
             if packet.id is not None:
-                frame["id"] = packet.id
+                request["id"] = packet.id
             if args:
                 # Native events take one object; extra arguments have no meaning there.
-                frame["data"] = args[0]
-            return _dumps(frame)
+                request["data"] = args[0]
+            return _dumps(request).decode()
         if kind is PacketType.DISCONNECT:
             # socket.disconnect(): leaving on purpose, the native peer:leave (no resume).
             self.client_disconnected = True
-            return b'{"event":"peer:leave"}'
+            return '{"event":"peer:leave"}'
         if kind is PacketType.ACK:
             return None  # the server never asks for acks; a stray one is harmless
         raise SocketIOProtocolError(f"a client may not send {kind.name} on a connected namespace")
@@ -332,6 +391,19 @@ class NamespaceBridge:
             return [encode(packet) for packet in self._outbound_message(message)]
         return [encode(packet) for packet in self.outbound(frame)]
 
+    def outbound_messages(self, frame: bytes) -> list[bytes]:
+        """:meth:`outbound_text` as the Engine.IO message bytes for a WebSocket (``4…``).
+
+        The hot path (see :meth:`_splice`) joins the frame's bytes into the message
+        in one go, with no round trip through ``str``.
+        """
+        if self.joined:
+            parts = self._splice(frame)
+            if parts is not None:
+                name, data = parts
+                return [b"".join((self._head, name, b'",', data, b"]"))]
+        return [b"4" + text.encode() for text in self.outbound_text(frame)]
+
     def _splice_event(self, frame: bytes) -> str | None:
         """The EVENT text for a plain native event frame, its JSON copied, not re-encoded.
 
@@ -343,6 +415,20 @@ class NamespaceBridge:
         and joining text. Anything else (a request id: an ack; ``room:resumed``,
         which carries the resume token) returns None and is decoded.
         """
+        parts = self._splice(frame)
+        if parts is None:
+            return None
+        name, data = parts
+        namespace = self.namespace
+        text = b'["' + name + b'",' + data + b"]"
+        if namespace == DEFAULT_NAMESPACE:
+            return "2" + text.decode()
+        return f"2{namespace},{text.decode()}"
+
+    def _splice(self, frame: bytes) -> tuple[bytes, bytes] | None:
+        """A plain native event frame's name and data (JSON text), cut out of it, and
+        its ``seq`` noted in :attr:`frame_seq`; None for any other frame (see
+        :meth:`_splice_event`)."""
         if not frame.startswith(_FRAME_HEAD):
             return None
         end = frame.find(b'"', _FRAME_HEAD_LEN)
@@ -359,12 +445,7 @@ class NamespaceBridge:
         else:
             self.frame_seq = None
             data_end = len(frame) - 1
-        data = frame[end + _FRAME_DATA_LEN : data_end]
-        namespace = self.namespace
-        text = b'["' + name + b'",' + data + b"]"
-        if namespace == DEFAULT_NAMESPACE:
-            return "2" + text.decode()
-        return f"2{namespace},{text.decode()}"
+        return name, frame[end + _FRAME_DATA_LEN : data_end]
 
     def outbound(self, frame: bytes) -> list[Packet]:
         """The Socket.IO packets for one native frame (JSON text from the core)."""
@@ -422,6 +503,18 @@ class NamespaceBridge:
                 return [], Ending.KEEP_TRANSPORT
             return [Packet(PacketType.DISCONNECT, self.namespace)], Ending.KEEP_TRANSPORT
         return [], Ending.CLOSE_TRANSPORT
+
+
+def _native_event(name: str, ack_id: int | None, raw: str, data: Any) -> ParsedFrame:
+    """The native request for an event named ``name`` (nothing to escape) whose
+    argument is ``data``, parsed from the JSON text ``raw``."""
+    if ack_id is None:
+        frame = ParsedFrame(f'{{"event":"{name}","data":{raw}}}')
+        frame.value = {"event": name, "data": data}
+    else:
+        frame = ParsedFrame(f'{{"event":"{name}","id":{ack_id},"data":{raw}}}')
+        frame.value = {"event": name, "id": ack_id, "data": data}
+    return frame
 
 
 def _is_ack_id(request_id: Any) -> bool:

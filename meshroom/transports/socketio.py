@@ -208,8 +208,7 @@ class _Session:
         out: list[bytes] = []
         last: int | None = None
         for frame in frames:
-            for text in bridge.outbound_text(frame):
-                out.append(b"4" + text.encode())
+            out += bridge.outbound_messages(frame)
             if bridge.frame_seq is not None:
                 last = bridge.frame_seq
         if not out:
@@ -266,20 +265,21 @@ class _Session:
         await self._dispatch(packet_sio, message, start)
 
     async def _event(self, conn: SocketIOConnection, message: str) -> None:
-        """An EVENT's text (``2…``) while ``conn`` is the connected namespace.
+        """An Engine.IO message carrying an EVENT (``42…``) while ``conn`` is the
+        connected namespace.
 
         Raises:
             SessionError: as :meth:`feed`.
         """
         try:
-            packet, start = socketio.decode_at(message)
+            packet, start = socketio.decode_at(message, 1)
         except SocketIOProtocolError as exc:
             raise SessionError(ErrorCode.BAD_REQUEST, f"socket.io: {exc}") from None
         if packet.namespace != NAMESPACE:
             await self._dispatch(packet, message, start)
             return
         frame = conn.bridge.inbound(packet, message, start)
-        if frame is not None:
+        if frame is not None and not conn.deliver_now(frame):
             await conn.deliver(frame)
 
     async def _binary(self, packet: socketio.Packet | None) -> None:
@@ -343,7 +343,7 @@ class _Session:
             data["resumeToken"] = resume
             if last_seq is not None:
                 data["lastSeq"] = last_seq
-        conn.deliver_nowait(encode_json({"event": "auth", "data": data}))
+        conn.deliver_nowait(encode_json({"event": "auth", "data": data}).decode())
         self.nursery.start_soon(self._serve, conn)
 
     async def _serve(self, conn: SocketIOConnection) -> None:
@@ -466,7 +466,7 @@ class _Session:
         try:
             answer = state.probe(parse_probe_reply(await ws.receive()))
             await ws.send([b"3" + str(answer.data).encode()])
-            self.notify()  # the pending GET gets its noop
+            self.notify()  # a pending GET is answered now (noop if nothing is queued)
             state.upgrade(parse_probe_reply(await ws.receive()))
         except (SessionError, MessageTooLarge) as exc:
             log.debug("socket.io upgrade of %s failed: %s", self.sid, exc)
@@ -513,7 +513,11 @@ class _Session:
                     # The hot path: an EVENT on a connected namespace, as feed() would
                     # take it (a message proves the client alive), minus the layers.
                     self.state.heard(0.0)
-                    await self._event(conn, data[1:])
+                    frame = conn.bridge.event_frame(data)
+                    if frame is None:
+                        await self._event(conn, data)  # the general way
+                    elif not conn.deliver_now(frame):
+                        await conn.deliver(frame)
                 else:
                     await self.feed(engineio.decode_packet(data))
             except (EngineIOProtocolError, SessionError) as exc:
@@ -532,7 +536,7 @@ class SocketIOConnection:
         self._session = session
         self.bridge = bridge
         self._token_key = token_key
-        self._inbound: deque[bytes | MessageTooLarge] = deque()
+        self._inbound: deque[str | MessageTooLarge] = deque()
         self._max = session.endpoint.max_message_bytes
         self._closed = False  # the core closed it
         self._gone = False  # the transport went away first
@@ -553,14 +557,25 @@ class SocketIOConnection:
 
     # -- from the client ----------------------------------------------------------
 
-    def deliver_nowait(self, frame: bytes) -> None:
+    def deliver_nowait(self, frame: str) -> None:
         self._inbound.append(frame)
         self._session.notify_in()
 
-    async def deliver(self, frame: bytes) -> None:
-        if len(frame) > self._max:
-            await self.deliver_error(MessageTooLarge(len(frame), self._max))
-            return
+    def deliver_now(self, frame: str) -> bool:
+        """:meth:`deliver` if it need not wait (the hot path: no coroutine); False if it must."""
+        if len(self._inbound) >= INBOUND_QUEUE or len(frame) * 4 > self._max:
+            return False
+        self._inbound.append(frame)
+        self._session.notify_in()
+        return True
+
+    async def deliver(self, frame: str) -> None:
+        # The limit is in bytes; a str can only be over it if its length is over a quarter.
+        if len(frame) * 4 > self._max:
+            size = len(frame.encode())
+            if size > self._max:
+                await self.deliver_error(MessageTooLarge(size, self._max))
+                return
         while len(self._inbound) >= INBOUND_QUEUE and not self._ended:
             await self._session.wait_in()
         self.deliver_nowait(frame)
@@ -585,7 +600,7 @@ class SocketIOConnection:
                 session.notify_in()  # room in the queue: a waiting reader may go on
                 if isinstance(item, MessageTooLarge):
                     raise item
-                return item.decode()
+                return item
             if self._gone or self._closed:
                 if session.timed_out:
                     raise ConnectionTimedOut(None, "heartbeat timeout")
@@ -683,6 +698,9 @@ class SocketIOEndpoint:
         max_message_bytes: the native message limit; ``maxPayload`` adds the framing.
         connect_timeout: how long a session may stay without a connected namespace.
         origins: who may open sessions (None: anyone).
+        resume_memory_seconds: how long a dropped connection's resume token is kept
+            for the client's reconnect (0: not at all).
+        max_sessions: Engine.IO sessions at once; past it, handshakes get 503 (0: no limit).
     """
 
     serve: Serve
@@ -693,7 +711,7 @@ class SocketIOEndpoint:
     close_timeout: float = 5.0
     origins: OriginPolicy | None = None
     resume_memory_seconds: float = 120.0
-    max_sessions: int = 10000  # Engine.IO sessions at once; past it, handshakes get 503
+    max_sessions: int = 10000
     _sessions: dict[str, _Session] = field(default_factory=dict)
     # digest of an access token -> (resume token, last seq sent to the client, expiry)
     _resume: OrderedDict[str, tuple[str, int | None, float]] = field(default_factory=OrderedDict)
@@ -732,6 +750,8 @@ class SocketIOEndpoint:
     # -- resume memory ----------------------------------------------------------------
 
     def remember(self, key: str, resume_token: str, last_seq: int | None = None) -> None:
+        if self.resume_memory_seconds <= 0:
+            return
         expiry = trio.current_time() + self.resume_memory_seconds
         self._resume[key] = (resume_token, last_seq, expiry)
         self._resume.move_to_end(key)
@@ -784,7 +804,7 @@ class SocketIOEndpoint:
                 return _error(400, ErrorCode.BAD_HANDSHAKE_METHOD)
             if self._nursery is None:
                 return HttpResponse(503, b"socket.io endpoint not running\n")
-            if len(self._sessions) >= self.max_sessions:
+            if 0 < self.max_sessions <= len(self._sessions):
                 return HttpResponse(
                     503, b"too many sessions; try again shortly\n", headers=(("Retry-After", "5"),)
                 )
@@ -820,7 +840,8 @@ class SocketIOEndpoint:
         if refusal is None and method not in ("GET", "POST"):
             refusal = _error(400, ErrorCode.BAD_REQUEST)
         if refusal is not None:
-            return HttpResponse(refusal.status, refusal.body, refusal.content_type, cors, True)
+            with_cors = (*cors, *refusal.headers)  # Retry-After of a 503 included
+            return HttpResponse(refusal.status, refusal.body, refusal.content_type, with_cors, True)
         sid = _arg(query, "sid")
         if sid is None:
             session = await self._open(Transport.POLLING, remote)
@@ -932,7 +953,9 @@ class SocketIOEndpoint:
                 await _respond(
                     http,
                     stream,
-                    HttpResponse(refusal.status, refusal.body, refusal.content_type, close=True),
+                    HttpResponse(
+                        refusal.status, refusal.body, refusal.content_type, refusal.headers, True
+                    ),
                 )
                 return False
             await self._accept_websocket(http, stream, query, key or "", remote)
@@ -1043,7 +1066,8 @@ async def _respond(http: h11.Connection, stream: trio.abc.Stream, answer: HttpRe
 
 def endpoint_for(settings: Any, serve: Serve) -> SocketIOEndpoint:
     """The endpoint configured from :class:`meshroom.config.Settings` (heartbeats,
-    message size, the auth and close timeouts, allowed origins)."""
+    message size, the auth and close timeouts, allowed origins, the session cap and
+    the resume memory)."""
     return SocketIOEndpoint(
         serve,
         heartbeat_interval=settings.heartbeat_interval,
@@ -1052,4 +1076,6 @@ def endpoint_for(settings: Any, serve: Serve) -> SocketIOEndpoint:
         connect_timeout=settings.auth_timeout,
         close_timeout=settings.close_timeout,
         origins=settings.origin_policy(),
+        resume_memory_seconds=settings.socketio_resume_memory,
+        max_sessions=settings.socketio_max_sessions,
     )

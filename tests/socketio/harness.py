@@ -223,6 +223,46 @@ async def driver(kind: str) -> AsyncIterator[Driver]:
                 await stream.aclose()
 
 
+async def upgrade_runs(url: str, tokens: list[str]) -> list[dict[str, Any]]:
+    """Connect socket.io-client with its default transports once per token, one after
+    the other (node/upgrades.js); per connection, whether it upgraded to WebSocket.
+
+    Each connection is done once its namespace is connected and its upgrade settled
+    (the engine's ``upgrade`` or ``upgradeError``): no timing is involved.
+    """
+    require_node()
+    command = [shutil.which("node") or "node", str(NODE_DIR / "upgrades.js")]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stdout is not None
+    results: list[dict[str, Any]] = []
+    buffer = b""
+    try:
+        await process.stdin.send_all((json.dumps({"url": url, "tokens": tokens}) + "\n").encode())
+        # A probe that hangs ends after the server's connect timeout (10 s) at worst.
+        with trio.fail_after(WAIT + 3 * len(tokens)):
+            while True:
+                data = await process.stdout.receive_some(65536)
+                if not data:
+                    raise AssertionError(f"upgrades.js exited; saw {results}")
+                buffer += data
+                *lines, rest = buffer.split(b"\n")
+                buffer = rest
+                for line in lines:
+                    obs = json.loads(line)
+                    if obs["type"] == "end":
+                        return results
+                    results.append(obs)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        for stream in (process.stdin, process.stdout):
+            await stream.aclose()
+
+
 async def state(d: Driver) -> dict[str, Any]:
     """Whether the client is connected, and whether it is (or will be) reconnecting."""
     await d.send("state")

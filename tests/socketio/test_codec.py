@@ -239,6 +239,39 @@ def test_session_rules() -> None:
     assert session.take_poll() is None  # then the GET gets an error
 
 
+def test_every_get_is_answered_at_once_while_upgrading() -> None:
+    """The race behind hypercorn: the GET pending at the probe carries queued packets,
+    the client gets them before ``3probe`` and polls again; that GET must not wait."""
+    session = EngineSession(
+        "sid", Transport.POLLING, heartbeat=Heartbeat(25.0, 20.0), max_payload=1000, now=0.0
+    )
+    session.begin_get()
+    assert not session.poll_ready()  # an idle GET waits for traffic
+    session.push(engineio.Packet(engineio.PacketType.MESSAGE, '40/meetings,{"sid":"x"}'))
+    session.probe(engineio.Packet(engineio.PacketType.PING, "probe"))
+    assert session.poll_ready()
+    assert session.take_poll() == '440/meetings,{"sid":"x"}'  # the packet, not a noop
+    session.end_get()
+    # The client polled again before 3probe reached it: answered at once, with a noop.
+    session.begin_get()
+    assert session.poll_ready()
+    assert session.take_poll() == "6"
+    session.end_get()
+    # And a GET still pending when "5" arrives is released too.
+    session.begin_get()
+    session.upgrade(engineio.Packet(engineio.PacketType.UPGRADE))
+    assert session.poll_ready()
+    assert session.take_poll() == "6"
+    session.end_get()
+    # A probe that fails puts polling back to waiting for traffic.
+    other = EngineSession(
+        "sid2", Transport.POLLING, heartbeat=Heartbeat(25.0, 20.0), max_payload=1000, now=0.0
+    )
+    other.probe(engineio.Packet(engineio.PacketType.PING, "probe"))
+    other.upgrade_failed()
+    assert not other.poll_ready()
+
+
 # -- the namespace bridge ---------------------------------------------------------------
 
 
@@ -357,3 +390,108 @@ def test_bridge_inbound_copies_the_argument_as_it_decodes(
     slow = bridge.inbound(decoded)
     assert fast is not None and slow is not None
     assert json.loads(fast) == json.loads(slow)
+
+
+@given(
+    event_names | st.sampled_from(["ack", "error", "room:resumed", 'a"b', "a\\b"]),
+    json_objects,
+    st.none() | st.integers(0, 2**31) | st.text(max_size=8),
+    st.none() | st.integers(1, 2**40),
+    st.booleans(),
+)
+def test_bridge_outbound_messages_are_the_texts_as_bytes(
+    name: str, data: dict[str, Any], request_id: int | str | None, seq: int | None, joined: bool
+) -> None:
+    """The WebSocket's bytes (spliced without a str round trip) are the polling texts."""
+    from meshroom.protocol.messages import encode_event
+
+    frame = _numbered(encode_event(name, data, request_id), seq)
+    fast = NamespaceBridge("/meetings", "sid", joined=joined)
+    slow = NamespaceBridge("/meetings", "sid", joined=joined)
+    assert fast.outbound_messages(frame) == [b"4" + t.encode() for t in slow.outbound_text(frame)]
+    assert fast.frame_seq == slow.frame_seq
+    assert fast.joined == slow.joined and fast.resume_token == slow.resume_token
+    root = NamespaceBridge("/", "sid", joined=True)
+    assert root.outbound_messages(frame) == [
+        b"4" + t.encode() for t in NamespaceBridge("/", "sid", joined=True).outbound_text(frame)
+    ]
+
+
+def _engineio_texts() -> st.SearchStrategy[str]:
+    """Engine.IO messages as a client may write them: mostly EVENTs on /meetings, some
+    with spaces, odd names, several or no arguments, ack ids, broken JSON."""
+    name = event_names | st.sampled_from(['a"b', "a\\b", "\x01", "connect", "é", ""])
+    args = st.lists(json_values, max_size=3)
+    space = st.sampled_from(["", " "])
+
+    @st.composite
+    def event(draw: st.DrawFn) -> str:
+        items = [json.dumps(draw(name), ensure_ascii=draw(st.booleans()))]
+        s = draw(space)
+        items += [s + json.dumps(arg, ensure_ascii=False) + s for arg in draw(args)]
+        ack = draw(st.none() | st.integers(0, 2**60))
+        namespace = draw(st.sampled_from(["/meetings,", "/other,", "/meetings", ""]))
+        text = f"42{namespace}{'' if ack is None else ack}[{','.join(items)}]"
+        return text + draw(st.sampled_from(["", "", "]", "x", " "]))
+
+    return event() | st.text(max_size=30).map(lambda t: "42/meetings," + t)
+
+
+@settings(max_examples=400)
+@given(_engineio_texts())
+@example('42/meetings,["signal:offer",{"targetEmpId":"b","offer":{}}]')
+@example('42/meetings,7["ping",{}]')
+@example('42/meetings,["x",{}, {"a":1}]')
+@example('42/meetings,["x",{}],["y",{}]')
+@example('42/meetings,["connect",{}]')
+@example('42/meetings,["x",{"a":NaN}]')
+@example('42/meetings,99999999999999999["x",{}]')
+def test_bridge_event_frame_is_the_general_way_without_the_packet(message: str) -> None:
+    """event_frame() takes only what decode_at() + inbound() accept, and gives the same
+    native frame; its parsed value is what the core would parse from its text."""
+    from meshroom.protocol.messages import ParsedFrame, ProtocolError, decode_request
+
+    bridge = NamespaceBridge("/meetings", "sid", joined=True)
+    fast = bridge.event_frame(message)
+    if fast is None:
+        return
+    packet, start = socketio.decode_at(message, 1)  # does not raise: it is valid
+    assert packet.namespace == "/meetings" and packet.type is socketio.PacketType.EVENT
+    slow = NamespaceBridge("/meetings", "sid", joined=True).inbound(packet, message, start)
+    assert slow is not None
+    assert str(fast) == str(slow)
+    assert isinstance(fast, ParsedFrame) and fast.value == json.loads(str(fast))
+
+    def decoded(frame: str) -> Any:
+        try:
+            return decode_request(frame)
+        except ProtocolError as exc:
+            return (exc.code, str(exc), exc.request_id, exc.event, exc.field)
+
+    # The core gets the same request (or refusal) as from the text: twice, since it may
+    # decode a frame again (a rate-limited one's error names its request).
+    again = NamespaceBridge("/meetings", "sid").event_frame(message)
+    assert again is not None
+    assert decoded(fast) == decoded(str(fast)) == decoded(again)
+
+
+@given(json_values, st.sampled_from(["signal:offer", "ping", "host:kick", "nope"]), ack_ids)
+def test_decode_request_of_a_parsed_frame_is_that_of_its_text(
+    data: Any, event: str, ack: int | None
+) -> None:
+    from meshroom.protocol.messages import ParsedFrame, ProtocolError, decode_request
+
+    value: dict[str, Any] = {"event": event, "data": data}
+    if ack is not None:
+        value["id"] = ack
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    frame = ParsedFrame(text)
+    frame.value = json.loads(text)
+
+    def decoded(frame: str) -> Any:
+        try:
+            return decode_request(frame)
+        except ProtocolError as exc:
+            return (exc.code, str(exc), exc.request_id, exc.event, exc.field)
+
+    assert decoded(frame) == decoded(text)

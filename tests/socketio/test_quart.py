@@ -26,10 +26,10 @@ from .harness import SERVER_DISCONNECT, driver
 
 
 @asynccontextmanager
-async def quart_app(tmp_path: Path) -> AsyncIterator[tuple[str, Meshroom]]:
+async def quart_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[str, Meshroom]]:
     """An app that embeds meshroom (which registers the Socket.IO blueprint); its base URL."""
     app = QuartTrio("embedding")
-    meshroom = Meshroom(app, settings=server_settings(tmp_path))
+    meshroom = Meshroom(app, settings=server_settings(tmp_path, **overrides))
     assert socketio_blueprint.name in app.blueprints  # Meshroom registers it
     config = Config()
     config.bind = ["127.0.0.1:0"]
@@ -68,10 +68,9 @@ async def test_socketio_on_the_quart_app(tmp_path: Path, client: tuple[str, Any]
         bob = await stack.enter_async_context(driver(kind))
         joined = await bob.join(base, token("bob"), transports=transports)
         assert [p["empId"] for p in joined["peers"]] == ["alice"]
-        # Not waiting for socket.io-client's upgrade here: behind hypercorn the probe
-        # WebSocket is sometimes closed under the server after 3probe (the client reports
-        # "probe error: transport closed" and carries on over polling, as it is meant to);
-        # the upgrade itself is tested on the standalone listener (test_clients.py).
+        if kind == "node" and transports is None:
+            # The default: polling first, then the upgrade (test_upgrade.py, many times).
+            await bob.expect("upgrade", transport="websocket")
         offer = {"type": "offer", "sdp": "v=0 quart"}
         await alice.offer("bob", offer)
         assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}
