@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _redis import have_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
@@ -153,3 +154,27 @@ def test_compare_refuses_an_unknown_revision_in_one_line() -> None:
     assert proc.stderr.strip().splitlines() == [
         "bench compare: 'no-such-revision-xyz' is not a revision of this repository"
     ]
+
+
+def test_cluster(tmp_path: Path) -> None:
+    """``bench cluster``: every layout relays and the failover is measured (it starts a
+    throwaway redis-server of its own, two nodes and a loader)."""
+    have_redis()
+    out = tmp_path / "cluster.json"
+    args = ["--pairs", "4", "--rooms", "2", "--duration", "1", "--warmup", "0.3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "cluster", *args, "--loaders", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    rows = {row["layout"]: row for row in report["relay"]}
+    assert set(rows) == {"one", "spread", "split"}
+    for row in rows.values():
+        assert row["joined"] == 8 and row["failed"] == {}, row
+        assert row["messages_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    assert rows["one"]["nodes"] == 1 and rows["split"]["nodes"] == 2
+    assert 0 < report["failover"]["kill_to_relaying_s"] < 30
