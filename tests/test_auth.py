@@ -245,6 +245,25 @@ def test_rs256_mint_and_verify(rsa_keys):
     assert verify_token(verifier, mint(signer)).role is Role.HOST
 
 
+def test_an_asymmetric_verify_key_is_parsed_once_not_for_every_token(monkeypatch):
+    algorithm = type(jwt.algorithms.get_default_algorithms()["RS256"])
+    prepare = algorithm.prepare_key
+    pems_parsed = []
+
+    def counting(self: Any, key: Any) -> Any:
+        if isinstance(key, (str, bytes)):
+            pems_parsed.append(key)
+        return prepare(self, key)
+
+    monkeypatch.setattr(algorithm, "prepare_key", counting)
+    private, public = rsa_pems()  # a key of its own: no earlier parse of it is cached
+    signer = TokenKeys("RS256", verify_key=public, signing_key=private)
+    verifier = TokenKeys("RS256", verify_key=public, signing_key=None)
+    for _ in range(3):
+        assert verify_token(verifier, mint(signer)).role is Role.HOST
+    assert pems_parsed.count(public) == 1
+
+
 def test_rs256_token_from_another_key_is_refused(rsa_keys):
     _private, public = rsa_keys
     other_private, _ = rsa_pems()

@@ -157,7 +157,7 @@ def _decode_with_pyjwt(keys: TokenKeys, token: str) -> dict[str, Any]:
     try:
         payload: dict[str, Any] = jwt.decode(
             token,
-            keys.verify_key,
+            _verify_key(keys.algorithm, keys.verify_key),
             algorithms=[keys.algorithm],
             audience=keys.audience,
             issuer=keys.issuer,
@@ -176,6 +176,19 @@ def _decode_with_pyjwt(keys: TokenKeys, token: str) -> dict[str, Any]:
     except jwt.InvalidTokenError:
         raise TokenError("token is malformed") from None
     return payload
+
+
+@functools.lru_cache(maxsize=16)
+def _verify_key(algorithm: str, key: str | bytes) -> Any:
+    """An asymmetric verify key parsed once: PyJWT would parse the PEM again on every
+    token (30-70 µs, on the event loop at every join). Anything that does not parse, and
+    every HS* secret, is passed on as given, so PyJWT refuses or uses it as before."""
+    if algorithm not in ASYMMETRIC_ALGORITHMS:
+        return key
+    try:
+        return jwt.algorithms.get_default_algorithms()[algorithm].prepare_key(key)
+    except Exception:  # PyJWT reports it, from decode, as it always did
+        return key
 
 
 def _claims(keys: TokenKeys, payload: dict[str, Any]) -> Claims:
