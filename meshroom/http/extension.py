@@ -139,8 +139,8 @@ class Meshroom:
         app.register_blueprint(socketio_blueprint, url_prefix=self.url_prefix or None)
         app.register_blueprint(web, url_prefix=self.url_prefix or None)
         app.register_blueprint(docs_assets, url_prefix=self.url_prefix or None)
-        # The signaling WebSocket bypasses Quart (see meshroom.http.signaling).
-        app.asgi_app = SignalingMiddleware(app.asgi_app, self)  # type: ignore[method-assign,assignment]
+        # meshroom's WebSockets bypass Quart (see meshroom.http.signaling).
+        app.asgi_app = SignalingMiddleware(app.asgi_app, self, app.extensions)  # type: ignore[method-assign,assignment]
         if self._owns_runtime:
             app.before_serving(self._start)
             app.after_serving(self._stop)

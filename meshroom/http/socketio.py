@@ -4,7 +4,8 @@ Register it next to :class:`~meshroom.http.extension.Meshroom` (which owns the h
 
     app.register_blueprint(socketio_blueprint, url_prefix=meshroom.url_prefix or None)
 
-Polling requests and WebSockets are served in Quart's request tasks; the Engine.IO
+Polling requests are served in Quart's request tasks, WebSockets by the ASGI
+middleware in front of the app (:mod:`meshroom.http.signaling`); the Engine.IO
 sessions live in an endpoint (:class:`~meshroom.transports.socketio.SocketIOEndpoint`)
 that runs in the app's nursery while the app serves, started by this blueprint's
 ``before_app_serving`` hook. The hub is looked up when a namespace connects, so the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response, current_app, request, websocket
+from quart import Blueprint, Response, current_app, request
 
 from ..core.connection import Connection
 from ..transports.socketio import (
@@ -25,12 +26,12 @@ from ..transports.socketio import (
     SocketIOEndpoint,
     endpoint_for,
 )
-from .signaling import QuartConnection
+from .signaling import SOCKETIO_ENDPOINT_KEY
 
 if TYPE_CHECKING:
     from .extension import Meshroom
 
-ENDPOINT_KEY = "meshroom_socketio"
+ENDPOINT_KEY = SOCKETIO_ENDPOINT_KEY
 
 socketio_blueprint = Blueprint("meshroom_socketio", __name__)
 
@@ -83,30 +84,3 @@ async def polling() -> Response:
         remote=str(request.remote_addr or "?"),
     )
     return _answer(answer)
-
-
-@socketio_blueprint.websocket(SOCKETIO_PATH)
-async def socketio_websocket() -> Response | None:
-    endpoint = _endpoint()
-    query = websocket.args.to_dict(flat=False)
-    headers = {k.lower(): v for k, v in websocket.headers.items()}
-    # Refusals before the upgrade are plain HTTP answers, with Engine.IO's error body.
-    refusal = endpoint.check("GET", query, headers, websocket=True)
-    if refusal is not None:
-        return _answer(refusal)
-    hub = current_app.extensions["meshroom"].hub
-    if not hub.slots.acquire():
-        return Response("too many connections; try again shortly\n", 503, {"Retry-After": "5"})
-    try:
-        conn = QuartConnection(
-            websocket._get_current_object(),  # type: ignore[attr-defined]  # used outside this context
-            max_message_bytes=endpoint.max_payload,
-        )
-        await websocket.accept()
-        try:
-            await endpoint.handle_websocket(query, conn, remote=conn.remote)
-        finally:
-            conn.disconnected()
-    finally:
-        hub.slots.release()
-    return None

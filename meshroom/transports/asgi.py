@@ -1,10 +1,10 @@
 """The signaling WebSocket over ASGI: a connection on an ASGI server's ``receive``/``send``.
 
-The Quart extension serves its signaling route through this (see
-:mod:`meshroom.http.signaling`): a middleware in front of the Quart app hands the
-route's WebSocket scopes here, so each message goes from hypercorn's queue to the
-room and back with nothing of Quart in between (no request context, no second
-queue, no task of Quart's per connection, no per-message signals).
+The Quart extension serves its signaling route and the Socket.IO endpoint's
+WebSockets through this (see :mod:`meshroom.http.signaling`): a middleware in front
+of the Quart app hands those WebSocket scopes here, so each message goes from
+hypercorn's queue to the room and back with nothing of Quart in between (no request
+context, no second queue, no task of Quart's per connection, no per-message signals).
 
 Refusals before the upgrade are HTTP answers through ASGI's WebSocket denial
 response (``websocket.http.response.*``), as on the standalone listener; a server
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qs
 
 import trio
@@ -23,6 +23,9 @@ import trio
 from ..core.connection import ConnectionClosed, MessageTooLarge
 from ..core.limits import ConnectionSlots, OriginPolicy
 from .websocket import Upgrade
+
+if TYPE_CHECKING:
+    from .socketio import SocketIOEndpoint
 
 ASGIMessage = MutableMapping[str, Any]
 ASGIReceive = Callable[[], Awaitable[ASGIMessage]]
@@ -155,20 +158,21 @@ async def refuse(
     scope: ASGIMessage,
     send: ASGISend,
     status: int,
-    text: str,
+    text: str | bytes,
     headers: Iterable[tuple[bytes, bytes]] = (),
+    content_type: str = "text/plain; charset=utf-8",
 ) -> None:
     """Answer a WebSocket request with a plain HTTP response instead of accepting it."""
     if DENIAL_EXTENSION not in (scope.get("extensions") or {}):
         await send({"type": "websocket.close", "code": 1008})  # the server answers 403
         return
-    body = text.encode()
+    body = text.encode() if isinstance(text, str) else text
     await send(
         {
             "type": "websocket.http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-type", content_type.encode("latin-1")),
                 (b"content-length", str(len(body)).encode()),
                 *headers,
             ],
@@ -230,6 +234,68 @@ async def serve_asgi_websocket(
                 resume_token=upgrade.resume_token,
                 last_seq=upgrade.last_seq,
             )
+        if not conn.closed:
+            await conn.close(1000)
+    finally:
+        slots.release()
+
+
+async def serve_asgi_socketio(
+    scope: ASGIMessage,
+    receive: ASGIReceive,
+    send: ASGISend,
+    *,
+    endpoint: SocketIOEndpoint,
+    slots: ConnectionSlots,
+    connection: ConnectionFactory = ASGIWebSocketConnection,
+) -> None:
+    """Run one ASGI WebSocket of the Socket.IO endpoint (``/socket.io/``) to its end.
+
+    Engine.IO's checks refuse before the upgrade with its error body (as the listener
+    does), no connection slot left gets 503 with Retry-After; otherwise the connection
+    (made by ``connection``) is accepted and handed to the endpoint.
+    """
+    first = await receive()
+    if first["type"] != "websocket.connect":
+        return  # gone before the handshake reached us
+    query = parse_qs(
+        bytes(scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True
+    )
+    headers = {
+        bytes(key).decode("latin-1").lower(): bytes(value).decode("latin-1")
+        for key, value in scope.get("headers", ())
+    }
+    refusal = endpoint.check("GET", query, headers, websocket=True)
+    if refusal is not None:
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers]
+        await refuse(
+            scope, send, refusal.status, refusal.body, extra, content_type=refusal.content_type
+        )
+        return
+    if not slots.acquire():
+        await refuse(
+            scope,
+            send,
+            503,
+            "too many connections; try again shortly\n",
+            [(b"retry-after", b"5")],
+        )
+        return
+    try:
+        client = scope.get("client")
+        remote = str(client[0]) if client else "?"
+        with trio.CancelScope() as serving:
+            conn = connection(
+                receive,
+                send,
+                remote=remote,
+                max_message_bytes=endpoint.max_payload,
+                # The client is gone: the session learns it from its own read; this
+                # request is over (a session kept for a reconnect lives in the endpoint).
+                on_disconnect=serving.cancel,
+            )
+            await conn.accept()
+            await endpoint.handle_websocket(query, conn, remote=remote)
         if not conn.closed:
             await conn.close(1000)
     finally:

@@ -17,9 +17,11 @@ from quart_trio import QuartTrio
 
 from meshroom import Role, mint_token
 from meshroom.client import connect
+from meshroom.http import signaling
 from meshroom.http.extension import Meshroom
 from meshroom.http.socketio import socketio_blueprint
 from meshroom.store import MeetingStatus
+from meshroom.transports.hypercorn_ws import HypercornWebSocketConnection
 
 from .conftest import CLIENTS
 from .harness import SERVER_DISCONNECT, driver
@@ -46,8 +48,18 @@ async def quart_app(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[str
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-async def test_socketio_on_the_quart_app(tmp_path: Path, client: tuple[str, Any]) -> None:
+async def test_socketio_on_the_quart_app(
+    tmp_path: Path, client: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     kind, transports = client
+    made: list[Any] = []  # the connections of the app's WebSockets, signaling's included
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made.append(signaling_connection_for(*args, **kwargs))
+        return made[-1]
+
+    signaling_connection_for = signaling.connection_for
+    monkeypatch.setattr(signaling, "connection_for", recording)
     async with quart_app(tmp_path) as (base, meshroom), AsyncExitStack() as stack:
         store = meshroom.store
         meeting = await store.create_meeting(title="Embedded", host_emp_id="alice")
@@ -71,6 +83,9 @@ async def test_socketio_on_the_quart_app(tmp_path: Path, client: tuple[str, Any]
         if kind == "node" and transports is None:
             # The default: polling first, then the upgrade (test_upgrade.py, many times).
             await bob.expect("upgrade", transport="websocket")
+        # Its WebSocket, like the signaling route's, runs on hypercorn's own stream.
+        websockets = 2 if transports != ["polling"] else 1
+        assert [type(conn) for conn in made] == [HypercornWebSocketConnection] * websockets
         offer = {"type": "offer", "sdp": "v=0 quart"}
         await alice.offer("bob", offer)
         assert await bob.event("signal:offer") == {"fromEmpId": "alice", "offer": offer}
