@@ -54,7 +54,9 @@ class RunningServer:
         assert isinstance(store, SqlStore)
         return store
 
-    async def meeting(self, *, live: bool = True, title: str = "Standup", host: str = "host") -> Meeting:  # noqa: E501
+    async def meeting(
+        self, *, live: bool = True, title: str = "Standup", host: str = "host"
+    ) -> Meeting:
         meeting = await self.store.create_meeting(title=title, host_emp_id=host)
         if live:
             meeting = await self.store.transition(meeting.id, MeetingStatus.LIVE)

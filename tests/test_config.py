@@ -426,7 +426,9 @@ def test_python_m_meshroom_config_prints_the_table():
 def test_a_bad_redis_url_is_refused_without_echoing_it():
     # It may hold a password (redis://:secret@host), like a database URL.
     message = refused({"MESHROOM_REDIS_URL": "secret@localhost:6379"})
-    assert message == "MESHROOM_REDIS_URL: not a Redis URL (redis://host:6379/0, rediss://, unix://)"
+    assert (
+        message == "MESHROOM_REDIS_URL: not a Redis URL (redis://host:6379/0, rediss://, unix://)"
+    )
 
 
 def test_workers_need_a_cluster_and_fixed_ports():

@@ -141,8 +141,7 @@ async def test_the_core_reports_joins_removals_roles_and_the_end_in_order(
                 except trio.WouldBlock:
                     break
         described = [
-            (type(e).__name__, getattr(e, "emp_id", None), getattr(e, "reason", None))
-            for e in seen
+            (type(e).__name__, getattr(e, "emp_id", None), getattr(e, "reason", None)) for e in seen
         ]
         assert described[:7] == [
             ("PeerJoined", "alice", None),
@@ -156,8 +155,11 @@ async def test_the_core_reports_joins_removals_roles_and_the_end_in_order(
         # Then every remaining peer leaves and finishes, with the meeting's end as reason.
         rest = described[7:]
         assert sorted(rest) == sorted(
-            [(kind, emp, LeaveReason.MEETING_ENDED) for emp in ("alice", "carol")
-             for kind in ("PeerLeft", "PeerFinished")]
+            [
+                (kind, emp, LeaveReason.MEETING_ENDED)
+                for emp in ("alice", "carol")
+                for kind in ("PeerLeft", "PeerFinished")
+            ]
         )
 
 

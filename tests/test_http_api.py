@@ -23,7 +23,6 @@ from meshroom.service import RECORD_COLUMNS, TOTAL_COLUMNS
 TIMEOUT = 10
 
 
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """conftest's server, with its HTTP app on (conftest turns it off)."""

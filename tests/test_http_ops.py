@@ -23,7 +23,6 @@ from meshroom.store import StoreUnavailable
 TIMEOUT = 10
 
 
-
 async def _no_500(response: httpx.Response) -> None:
     assert response.status_code != 500, f"{response.request.method} {response.request.url}"
 

@@ -32,7 +32,6 @@ from meshroom.core.limits import ConnectionSlots, OriginPolicy, RateLimiter, Tok
 DEADLINE = 10
 
 
-
 # The token bucket, on a hand-driven clock
 
 
@@ -271,9 +270,7 @@ async def test_connections_over_the_limit_get_http_503_on_both_listeners(tmp_pat
 
 @pytest.mark.parametrize("listener", ["standalone", "quart"])
 async def test_disallowed_origin_gets_403_at_the_handshake(tmp_path, listener):
-    settings = server_settings(
-        tmp_path, allowed_origins="https://app.example.com", http_port=0
-    )
+    settings = server_settings(tmp_path, allowed_origins="https://app.example.com", http_port=0)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)
@@ -338,9 +335,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 async def test_tls_serves_wss_and_https_from_cert_and_key_flags(tmp_path):
     cert, key = _self_signed(tmp_path)
-    settings = server_settings(
-        tmp_path, tls_cert=str(cert), tls_key=str(key), http_port=0
-    )
+    settings = server_settings(tmp_path, tls_cert=str(cert), tls_key=str(key), http_port=0)
     client_tls = ssl.create_default_context(cafile=str(cert))
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:

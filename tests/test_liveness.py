@@ -136,7 +136,6 @@ async def test_a_ping_that_cannot_even_be_sent_counts_against_the_timeout(autoju
 # Over loopback
 
 
-
 async def test_dead_peer_leaves_with_reason_timeout_and_its_row_says_so(tmp_path):
     settings = server_settings(tmp_path, heartbeat_interval=0.2, heartbeat_timeout=0.3)
     with trio.fail_after(DEADLINE):
@@ -169,9 +168,7 @@ async def test_dead_peer_leaves_with_reason_timeout_and_its_row_says_so(tmp_path
 async def test_quart_route_uses_hypercorn_pings_and_read_timeout(tmp_path):
     # Hypercorn pings every heartbeat_interval and drops a connection silent for
     # read_timeout = ceil(interval + timeout) = 1 s here. The app only sees the drop.
-    settings = server_settings(
-        tmp_path, http_port=0, heartbeat_interval=0.2, heartbeat_timeout=0.5
-    )
+    settings = server_settings(tmp_path, http_port=0, heartbeat_interval=0.2, heartbeat_timeout=0.5)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             server = await start_server(nursery, settings)

@@ -20,7 +20,6 @@ from meshroom.client import JoinRefused, MeshroomError, Peer, connect
 TIMEOUT = 10
 
 
-
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """conftest's server with HTTP on (HTTP is off there; 0 binds any free port)."""

@@ -61,9 +61,7 @@ class Bob:
             self.frames.append(frame)
 
     async def resume(self, h: MemoryHub, meeting: Any) -> None:
-        conn, first = await h.join(
-            meeting, "bob", resume_token=self.token, last_seq=self.last_seq
-        )
+        conn, first = await h.join(meeting, "bob", resume_token=self.token, last_seq=self.last_seq)
         assert first["event"] == "room:resumed", first
         assert "seq" not in first
         self.conn, self.token = conn, first["data"]["resumeToken"]

@@ -33,7 +33,6 @@ CLOSE_TIMEOUT = 2.0
 EXIT_BOUND = 2 * CLOSE_TIMEOUT + 6
 
 
-
 async def _read_until(
     stream: trio.abc.ReceiveStream, pattern: str, seen: list[str]
 ) -> re.Match[str]:

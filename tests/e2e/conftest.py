@@ -47,7 +47,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         report.longrepr = f"end-to-end test skipped under CI: {reason}"
 
 
-
 @pytest.fixture
 def aiortc_available() -> None:
     if importlib.util.find_spec("aiortc") is None:
