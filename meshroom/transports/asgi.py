@@ -147,11 +147,12 @@ def _header(scope: ASGIMessage, name: bytes) -> str | None:
     return None
 
 
+def _query(scope: ASGIMessage) -> dict[str, list[str]]:
+    return parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True)
+
+
 def _upgrade(scope: ASGIMessage, path: str) -> Upgrade:
-    query = parse_qs(
-        bytes(scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True
-    )
-    return Upgrade(path, query, {})
+    return Upgrade(path, _query(scope), {})
 
 
 async def refuse(
@@ -205,39 +206,19 @@ async def serve_asgi_websocket(
     if not origins.allows(_header(scope, b"origin")):
         await refuse(scope, send, 403, "this Origin may not open a signaling WebSocket\n")
         return
-    if not slots.acquire():
-        await refuse(
-            scope,
-            send,
-            503,
-            "too many connections; try again shortly\n",
-            [(b"retry-after", b"5")],
+    upgrade = _upgrade(scope, route_path(scope))
+
+    async def run(conn: ASGIWebSocketConnection, remote: str) -> None:
+        await serve(
+            conn,
+            token=upgrade.token,
+            resume_token=upgrade.resume_token,
+            last_seq=upgrade.last_seq,
         )
-        return
-    try:
-        upgrade = _upgrade(scope, route_path(scope))
-        client = scope.get("client")
-        with trio.CancelScope() as serving:
-            conn = connection(
-                receive,
-                send,
-                remote=str(client[0]) if client else "?",
-                max_message_bytes=max_message_bytes,
-                # The client is gone: stop waiting for the room, which learns it from
-                # its own read, and give the slot back now (as the Quart route did).
-                on_disconnect=serving.cancel,
-            )
-            await conn.accept()
-            await serve(
-                conn,
-                token=upgrade.token,
-                resume_token=upgrade.resume_token,
-                last_seq=upgrade.last_seq,
-            )
-        if not conn.closed:
-            await conn.close(1000)
-    finally:
-        slots.release()
+
+    # The client gone, stop waiting for the room, which learns it from its own read,
+    # and give the slot back now (as the Quart route did).
+    await _serve_accepted(scope, receive, send, slots, connection, max_message_bytes, run)
 
 
 async def serve_asgi_socketio(
@@ -258,9 +239,7 @@ async def serve_asgi_socketio(
     first = await receive()
     if first["type"] != "websocket.connect":
         return  # gone before the handshake reached us
-    query = parse_qs(
-        bytes(scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True
-    )
+    query = _query(scope)
     headers = {
         bytes(key).decode("latin-1").lower(): bytes(value).decode("latin-1")
         for key, value in scope.get("headers", ())
@@ -272,6 +251,27 @@ async def serve_asgi_socketio(
             scope, send, refusal.status, refusal.body, extra, content_type=refusal.content_type
         )
         return
+
+    async def run(conn: ASGIWebSocketConnection, remote: str) -> None:
+        await endpoint.handle_websocket(query, conn, remote=remote)
+
+    # The client gone, the session learns it from its own read; this request is over
+    # (a session kept for a reconnect lives in the endpoint).
+    await _serve_accepted(scope, receive, send, slots, connection, endpoint.max_payload, run)
+
+
+async def _serve_accepted(
+    scope: ASGIMessage,
+    receive: ASGIReceive,
+    send: ASGISend,
+    slots: ConnectionSlots,
+    connection: ConnectionFactory,
+    max_message_bytes: int,
+    run: Callable[[ASGIWebSocketConnection, str], Awaitable[None]],
+) -> None:
+    """Take a connection slot (503 with Retry-After when none is left), accept, and
+    ``run(conn, remote)`` until it returns or the client goes away; then close with
+    1000 unless closed already, and give the slot back."""
     if not slots.acquire():
         await refuse(
             scope,
@@ -289,13 +289,11 @@ async def serve_asgi_socketio(
                 receive,
                 send,
                 remote=remote,
-                max_message_bytes=endpoint.max_payload,
-                # The client is gone: the session learns it from its own read; this
-                # request is over (a session kept for a reconnect lives in the endpoint).
+                max_message_bytes=max_message_bytes,
                 on_disconnect=serving.cancel,
             )
             await conn.accept()
-            await endpoint.handle_websocket(query, conn, remote=remote)
+            await run(conn, remote)
         if not conn.closed:
             await conn.close(1000)
     finally:
