@@ -178,9 +178,9 @@ class MemoryHub:
             ttl=dt.timedelta(hours=1),
         )
 
-    def connect(self, name: str) -> MemoryConnection:
-        """A fresh connection being served by the hub (it must authenticate first)."""
-        conn = MemoryConnection(name)
+    def connect(self, name: str, conn: MemoryConnection | None = None) -> MemoryConnection:
+        """A fresh connection (``conn``, if given) served by the hub; it must authenticate."""
+        conn = conn or MemoryConnection(name)
         self.nursery.start_soon(self._serve, conn)
         return conn
 
@@ -198,9 +198,10 @@ class MemoryHub:
         *,
         resume_token: str | None = None,
         last_seq: int | None = None,
+        conn: MemoryConnection | None = None,
     ) -> tuple[MemoryConnection, dict[str, Any]]:
         """Connect and authenticate; the connection and its first frame (joined, or error)."""
-        conn = self.connect(emp_id)
+        conn = self.connect(emp_id, conn)
         data: dict[str, Any] = {"meetingAccessToken": self.token(meeting, emp_id, role)}
         if resume_token is not None:
             data["resumeToken"] = resume_token

@@ -9,7 +9,7 @@ socket, a request object or a WebSocket library.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ConnectionClosed(Exception):
@@ -64,4 +64,27 @@ class Connection(Protocol):
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close with a WebSocket close code. Idempotent; never raises ConnectionClosed."""
+        ...
+
+
+@runtime_checkable
+class SendsAtOnce(Protocol):
+    """A connection that can also write a frame from the caller's task, without waiting.
+
+    Optional: the room uses it for a lone reply (a ping's answer) to a peer with nothing
+    else queued, where starting the peer's writer task costs more than the write itself.
+    A transport offers it where a write can be tried without blocking (a plain socket).
+    """
+
+    def can_send_at_once(self) -> bool:
+        """Whether :meth:`send_at_once` may be called now (no write under way)."""
+        ...
+
+    def send_at_once(self, frames: Sequence[bytes]) -> None:
+        """Write ``frames`` now, as :meth:`Connection.send` would, but without waiting.
+
+        Called only right after :meth:`can_send_at_once` returned True, with no checkpoint
+        in between. What the network does not take at once, the connection sends later,
+        ahead of anything else; a failure shows at the next receive or send.
+        """
         ...

@@ -19,7 +19,7 @@ from typing import Any, Final
 import trio
 
 from ..roles import Role
-from .connection import Connection
+from .connection import Connection, SendsAtOnce
 from .lifecycle import Exit, Lifecycle, PeerState
 
 # Bytes of unacknowledged frames kept per peer for a resume, at most. Clients acknowledge
@@ -51,6 +51,7 @@ class Peer:
         "acting_host_from",
         "attendance_id",
         "conn",
+        "direct",
         "display_name",
         "dropped_at",
         "dropped_through",
@@ -108,6 +109,8 @@ class Peer:
         self.outbox_closed = False  # the peer is ending: nothing more is queued
         self.writer: trio.CancelScope | None = None
         self.conn: Connection | None = None  # the connection a writer would write to, if any
+        # The same connection when it can also write without a task (see Room.reply).
+        self.direct: SendsAtOnce | None = None
         self.writer_exited: trio.Event | None = None  # made by whoever waits for the writer
         # Cancelling this stops the peer reading (or waiting while detached).
         self.read_scope = trio.CancelScope()

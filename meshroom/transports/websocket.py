@@ -130,7 +130,8 @@ class WebSocketConnection:
         self._heartbeats: Heartbeats | None = None  # the listener's timer, once joined
         self._last_heard = trio.current_time()
         self._ping_deadline: float | None = None  # set while a ping awaits an answer
-        # Bytes of a ping the socket did not take at once: they go out before anything else.
+        # Bytes written without the writer (a ping, an answer sent at once) that the socket
+        # did not take at once: they go out before anything else.
         self._unsent = b""
         # The reader is waiting for input: only then does the heartbeat timer judge it (a
         # request the server is busy with never counts against the client).
@@ -282,6 +283,7 @@ class WebSocketConnection:
         if sock is None:
             return await self._stream.receive_some(RECEIVE_SIZE)
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             fd = sock.fileno()
             if fd < 0:
@@ -290,10 +292,15 @@ class WebSocketConnection:
                 data = os.read(fd, RECEIVE_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
+                waited = True
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:
+                # Read without waiting: yield once, as any trio read does. After a wait
+                # (itself a checkpoint) a second yield would only cost a trip through
+                # the scheduler, on every wake-up of every idle connection.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
     async def _write(self, data: bytes) -> None:
@@ -323,30 +330,59 @@ class WebSocketConnection:
 
     # Driven by Heartbeats (synchronously: the timer never waits for one connection)
 
-    def _ping_now(self) -> bool:
-        """Put a ping on the wire if the socket takes it at once; False to try again later.
-
-        Written straight to the socket, not through a task: the timer pings hundreds of
-        connections a second. Not while the writer holds the stream (a frame of its may
-        be half written); what the socket does not take now goes before the next write.
-        """
+    def _ping_now(self) -> None:
+        """Put a ping on the wire, straight to the socket: the timer pings hundreds a second."""
         if self._broken or self._close_sent or self._closed:
-            return True  # nothing to ping
-        if self._send_lock.locked():
-            # The writer's next write takes it along (or the next sweep, if it comes first).
-            self._unsent = self._unsent or _PING
-            return False
-        data = self._unsent or _PING
+            return  # nothing to ping
+        self._unsent += _PING
+        if not self._send_lock.locked():
+            # (While the writer holds the stream a frame of its may be half written: its
+            # next write takes the ping along, or the next sweep does, if it comes first.)
+            self._write_unsent()
+
+    def _write_unsent(self) -> None:
+        """Write what is in ``_unsent`` as far as the socket takes it now, without waiting.
+
+        Only while no write is under way. What the socket does not take stays in
+        ``_unsent``: the next write sends it first, or the heartbeat timer's next sweep.
+        """
         assert self._socket is not None
         try:
-            written = os.write(self._socket.fileno(), data)
+            written = os.write(self._socket.fileno(), self._unsent)
         except BlockingIOError:
             written = 0
         except OSError:
             self._broken = True  # the reader finds out at its next read
-            return True
-        self._unsent = data[written:]
-        return not self._unsent
+            self._unsent = b""
+            return
+        self._unsent = self._unsent[written:]
+
+    def can_send_at_once(self) -> bool:
+        """Whether :meth:`send_at_once` may be called now: no write is under way.
+
+        Only on a listener's connection (joined to its heartbeat timer, which retries
+        what a full socket did not take) and while the stream is usable.
+        """
+        return (
+            self._heartbeats is not None
+            and not self._unsent
+            and not self._broken
+            and not self._close_sent
+            and not self._closed
+            and not self._send_lock.locked()
+        )
+
+    def send_at_once(self, messages: Sequence[bytes]) -> None:
+        """Write ``messages`` now, from the caller's task, without waiting.
+
+        For a lone frame to a quiet connection (a ping's answer, most of what an idle
+        client is sent): a writer task would cost several times the write itself. Only
+        after :meth:`can_send_at_once` said yes, with no checkpoint in between. What the
+        socket does not take at once goes out before the next write, or with the heartbeat
+        timer's next sweep; a failed write is found out by the reader, as for a ping.
+        """
+        self._unsent = frames.text_frames(messages)
+        self._write_unsent()
 
     def _time_out(self) -> None:
         """The client missed its heartbeat: wake the reader, which raises ConnectionTimedOut.
@@ -480,6 +516,8 @@ class Heartbeats:
         interval, timeout = self.heartbeat.interval, self.heartbeat.timeout
         dead = []
         for conn in self._connections:
+            if conn._unsent and not conn._send_lock.locked():
+                conn._write_unsent()  # the socket was full: try the rest again
             if not conn._waiting:
                 continue  # busy with what the client sent, or not reading yet: not judged
             deadline = conn._ping_deadline
@@ -489,8 +527,6 @@ class Heartbeats:
                     conn._ping_now()
             elif now >= deadline:
                 dead.append(conn)
-            elif conn._unsent:
-                conn._ping_now()  # the socket was full: try the rest of the ping again
         for conn in dead:
             conn._time_out()
 
