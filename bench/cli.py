@@ -345,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="storm/capacity/teardown: joins in flight (0 = all)",
     )
     p.add_argument(
-        "--heartbeat", type=float, default=15.0, help="capacity: seconds between pings per peer"
+        "--heartbeat",
+        type=float,
+        default=25.0,
+        help="capacity: seconds between pings per peer (meshroom.js: 25)",
     )
     p.add_argument("--hold", type=float, default=20.0, help="capacity: seconds idle peers are held")
     p.add_argument(

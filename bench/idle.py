@@ -412,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench idle", description=__doc__.split("\n")[0])
     p.add_argument("peers", type=int, nargs="?", default=1000)
     p.add_argument("--room-size", type=int, default=20)
-    p.add_argument("--heartbeat", type=float, default=15.0, help="client ping period, seconds")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=25.0,
+        help="client ping period, seconds (meshroom.js: 25)",
+    )
     p.add_argument("--hold", type=float, default=25.0, help="idle seconds before the last snapshot")
     p.add_argument("--frames", type=int, default=16, help="traceback depth kept by tracemalloc")
     p.add_argument("--top", type=int, default=25, help="lines shown per breakdown")
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--server-heartbeat",
         type=float,
-        help="the server's heartbeat interval, seconds (default: meshroom's, 10)",
+        help="the server's heartbeat interval, seconds (default: meshroom's, 25)",
     )
     p.add_argument("--profile", type=Path, help="with --cpu: cProfile the hold into this file")
     args = p.parse_args(argv)

@@ -238,13 +238,15 @@ class Settings(BaseSettings):
         default=DuplicatePolicy.REPLACE,
         description="same employee joins twice: replace (new wins) or reject (old stays)",
     )
+    # Socket.IO's pingInterval / pingTimeout, as the seed ran with: at 5,000 idle peers the
+    # heartbeat is most of the server's idle CPU, and it is proportional to its rate.
     heartbeat_interval: float = Field(
-        default=10.0,
+        default=25.0,
         ge=0,
         description="seconds of silence before a connection is pinged; 0 = no heartbeats",
     )
     heartbeat_timeout: float = Field(
-        default=10.0,
+        default=20.0,
         ge=0,
         description="seconds a pinged connection has to answer, else it leaves (timeout)",
     )

@@ -192,7 +192,10 @@ const ACK_EVERY = 128;
 const DEFAULTS = {
   rtcConfig: {},
   reconnect: { initialDelay: 500, maxDelay: 10000, maxAttempts: 30 },
-  heartbeatInterval: 15000,
+  // Socket.IO's ping period and the server's default heartbeat interval: the server
+  // seldom pings a client that pings this often, so an idle client costs it one round
+  // trip per period (most of what a server of idle peers does).
+  heartbeatInterval: 25000,
   heartbeatTimeout: 10000,
   requestTimeout: 15000,
 };

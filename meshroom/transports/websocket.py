@@ -490,9 +490,11 @@ class Heartbeats:
 
     def __init__(self, heartbeat: Heartbeat, tick: float | None = None) -> None:
         self.heartbeat = heartbeat
-        # A quarter of the shorter period: detection stays within half an interval of
-        # the self-timed one, and a sweep of 10,000 connections costs ~2 ms.
-        self.tick = tick if tick is not None else min(heartbeat.interval, heartbeat.timeout) / 4
+        # A quarter of the shorter period, at most 2.5 s: detection stays within 5 s of the
+        # self-timed one, and a sweep of 10,000 connections costs ~2 ms.
+        self.tick = (
+            tick if tick is not None else min(heartbeat.interval, heartbeat.timeout, 10.0) / 4
+        )
         self._connections: set[WebSocketConnection] = set()
 
     def __len__(self) -> int:
