@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -70,6 +71,9 @@ NAMESPACE: Final = "/meetings"
 # socket.io's defaults, used when meshroom's own heartbeat is turned off: an
 # Engine.IO client gives up on a server that does not ping within interval + timeout.
 DEFAULT_HEARTBEAT: Final = Heartbeat(25.0, 20.0)
+# While upgrading, GETs answered with a bare noop are spaced this far apart (engine.io's
+# upgrade check interval).
+UPGRADE_NOOP_INTERVAL: Final = 0.1
 # Room for the Socket.IO framing around a native message of max_message_bytes.
 FRAMING_SLACK: Final = 1024
 # A native connection's inbound frames waiting for the core: past this, the POST
@@ -131,6 +135,7 @@ class _Session:
         self.swallow_attachments = 0  # binary attachments of a refused packet still to come
         self.ws: Connection | None = None  # the WebSocket carrying the session, once it does
         self._ws_lock = trio.StrictFIFOLock()  # writes to it leave in outbox order
+        self._last_upgrade_noop = -math.inf  # when a GET was last answered with a bare noop
 
     @property
     def sid(self) -> str:
@@ -389,6 +394,15 @@ class _Session:
         try:
             while not state.poll_ready():
                 await self.wait_change()
+            if state.upgrading and not state.has_output and not state.closed:
+                # From the probe until "5" every GET is answered (see poll_ready), but a
+                # client that probes and then polls on without ever sending "5" would
+                # spin until the probe times out. engine.io answers such GETs with a noop
+                # every 100 ms at most, and so does this; the first one goes at once.
+                with trio.move_on_at(self._last_upgrade_noop + UPGRADE_NOOP_INTERVAL):
+                    while state.upgrading and not state.has_output and not state.closed:
+                        await self.wait_change()
+                self._last_upgrade_noop = trio.current_time()
             body = state.take_poll()
         finally:
             state.end_get()

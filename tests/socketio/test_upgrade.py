@@ -90,6 +90,36 @@ async def test_a_get_after_the_probe_is_answered_at_once(kind: str, tmp_path: Pa
 
 
 @SERVERS
+async def test_polling_through_an_upgrade_that_never_completes_is_throttled(
+    kind: str, tmp_path: Path
+) -> None:
+    """A client that probes and then polls without ever sending 5 gets a noop per 100 ms.
+
+    Every GET is answered during the upgrade, so such a client used to get hundreds of
+    noops a second until the probe timed out; engine.io spaces them 100 ms apart.
+    """
+    async with _server(kind, tmp_path) as (base, _), httpx.AsyncClient(base_url=base) as http:
+        reply = await http.get(BASE, params={"EIO": "4", "transport": "polling"})
+        sid = json.loads(reply.text[1:])["sid"]
+        polling = {"EIO": "4", "transport": "polling", "sid": sid}
+        ws_url = base.replace("http://", "ws://", 1) + f"{BASE}?EIO=4&transport=websocket&sid={sid}"
+        async with open_websocket_url(ws_url) as ws:
+            await ws.send_message("2probe")
+            assert await ws.get_message() == "3probe"
+            answers = []
+            with trio.move_on_after(1.0):
+                while True:
+                    answers.append((await http.get(BASE, params=polling)).text)
+            assert set(answers) == {"6"}
+            # The first at once, then one per 100 ms (the bound allows a slow machine).
+            assert 2 <= len(answers) <= 12, len(answers)
+            # The client can still complete the upgrade.
+            await ws.send_message("5")
+            await ws.send_message("2")
+            assert await ws.get_message() == "3"
+
+
+@SERVERS
 async def test_every_default_connection_upgrades(kind: str, tmp_path: Path) -> None:
     """socket.io-client with its default transports, RUNS times: all end on WebSocket."""
     async with _server(kind, tmp_path) as (base, token):
