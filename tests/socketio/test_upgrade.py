@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from meshroom import Role, mint_token
 from meshroom.store import MeetingStatus
@@ -60,11 +60,14 @@ async def _server(kind: str, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
             yield sio.url, lambda emp: sio.native.token(meeting, emp)
 
 
-SERVERS = pytest.mark.parametrize("kind", ["quart", "listener"])
+@asynccontextmanager
+async def _probed(
+    kind: str, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], WebSocketConnection]]:
+    """A polling session whose upgrade has been probed (3probe received), not completed.
 
-
-@SERVERS
-async def test_a_get_after_the_probe_is_answered_at_once(kind: str, tmp_path: Path) -> None:
+    Yields the HTTP client, the query of the session's GETs and POSTs, and the WebSocket.
+    """
     async with _server(kind, tmp_path) as (base, _), httpx.AsyncClient(base_url=base) as http:
         reply = await http.get(BASE, params={"EIO": "4", "transport": "polling"})
         assert reply.text.startswith("0"), reply.text
@@ -74,19 +77,28 @@ async def test_a_get_after_the_probe_is_answered_at_once(kind: str, tmp_path: Pa
         async with open_websocket_url(ws_url) as ws:
             await ws.send_message("2probe")
             assert await ws.get_message() == "3probe"
-            # Something queued for the client (the pong of a ping) goes to the next GET...
-            assert (await http.post(BASE, params=polling, content=b"2")).text == "ok"
-            assert (await http.get(BASE, params=polling)).text == "3"
-            # ...which the client took before 3probe reached it, so it polled again: this
-            # GET must come back now, or the client never pauses polling to send 5.
-            with trio.fail_after(5):
-                assert (await http.get(BASE, params=polling)).text == "6"
-            await ws.send_message("5")
-            # Upgraded: the session answers over the WebSocket now.
-            await ws.send_message("2")
-            assert await ws.get_message() == "3"
-            reply = await http.get(BASE, params=polling)
-            assert reply.status_code == 400  # polling is over for this session
+            yield http, polling, ws
+
+
+SERVERS = pytest.mark.parametrize("kind", ["quart", "listener"])
+
+
+@SERVERS
+async def test_a_get_after_the_probe_is_answered_at_once(kind: str, tmp_path: Path) -> None:
+    async with _probed(kind, tmp_path) as (http, polling, ws):
+        # Something queued for the client (the pong of a ping) goes to the next GET...
+        assert (await http.post(BASE, params=polling, content=b"2")).text == "ok"
+        assert (await http.get(BASE, params=polling)).text == "3"
+        # ...which the client took before 3probe reached it, so it polled again: this
+        # GET must come back now, or the client never pauses polling to send 5.
+        with trio.fail_after(5):
+            assert (await http.get(BASE, params=polling)).text == "6"
+        await ws.send_message("5")
+        # Upgraded: the session answers over the WebSocket now.
+        await ws.send_message("2")
+        assert await ws.get_message() == "3"
+        reply = await http.get(BASE, params=polling)
+        assert reply.status_code == 400  # polling is over for this session
 
 
 @SERVERS
@@ -98,25 +110,18 @@ async def test_polling_through_an_upgrade_that_never_completes_is_throttled(
     Every GET is answered during the upgrade, so such a client used to get hundreds of
     noops a second until the probe timed out; engine.io spaces them 100 ms apart.
     """
-    async with _server(kind, tmp_path) as (base, _), httpx.AsyncClient(base_url=base) as http:
-        reply = await http.get(BASE, params={"EIO": "4", "transport": "polling"})
-        sid = json.loads(reply.text[1:])["sid"]
-        polling = {"EIO": "4", "transport": "polling", "sid": sid}
-        ws_url = base.replace("http://", "ws://", 1) + f"{BASE}?EIO=4&transport=websocket&sid={sid}"
-        async with open_websocket_url(ws_url) as ws:
-            await ws.send_message("2probe")
-            assert await ws.get_message() == "3probe"
-            answers = []
-            with trio.move_on_after(1.0):
-                while True:
-                    answers.append((await http.get(BASE, params=polling)).text)
-            assert set(answers) == {"6"}
-            # The first at once, then one per 100 ms (the bound allows a slow machine).
-            assert 2 <= len(answers) <= 12, len(answers)
-            # The client can still complete the upgrade.
-            await ws.send_message("5")
-            await ws.send_message("2")
-            assert await ws.get_message() == "3"
+    async with _probed(kind, tmp_path) as (http, polling, ws):
+        answers = []
+        with trio.move_on_after(1.0):
+            while True:
+                answers.append((await http.get(BASE, params=polling)).text)
+        assert set(answers) == {"6"}
+        # The first at once, then one per 100 ms (the bound allows a slow machine).
+        assert 2 <= len(answers) <= 12, len(answers)
+        # The client can still complete the upgrade.
+        await ws.send_message("5")
+        await ws.send_message("2")
+        assert await ws.get_message() == "3"
 
 
 @SERVERS
