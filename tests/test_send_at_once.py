@@ -7,8 +7,7 @@ task for it. These tests hold that path to the writer's guarantees: the frame is
 numbered and kept for a resume like any other, it never overtakes or splits a frame
 already on its way, and what a full socket does not take is delivered later, whole
 and in order. The transport-level tests drive the heartbeat timer by hand over a real
-socket pair, as test_heartbeat_timer.py does. The last one holds the listener's read to
-one scheduler step per wake-up of an idle connection.
+socket pair, as test_heartbeat_timer.py does.
 """
 
 from __future__ import annotations
@@ -207,42 +206,3 @@ async def test_a_pings_answer_waits_behind_frames_already_queued() -> None:
         assert ann.at_once == 1  # idle again: written at once, numbered in turn
         room = mh.room(meeting)
         assert [json.loads(f)["seq"] for f in room.peers["ann"].sent] == [2, 3, 4]
-
-
-class Steps(trio.abc.Instrument):
-    """Counts the scheduler steps of one task."""
-
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task = task
-        self.count = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task is self.task:
-            self.count += 1
-
-
-async def test_a_read_that_waited_takes_one_step_of_the_scheduler() -> None:
-    """An idle reader woken by a frame gets it in one step, not a second trip to yield."""
-    conn, client, _ = _listener_connection()
-    received: list[str | bytes] = []
-    reader_task: list[trio.lowlevel.Task] = []
-
-    async def reader() -> None:
-        reader_task.append(trio.lowlevel.current_task())
-        while True:
-            received.append(await conn.receive())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()  # waiting on the socket
-        steps = Steps(reader_task[0])
-        trio.lowlevel.add_instrument(steps)
-        try:
-            for n in range(5):
-                client.sock._sock.send(client.ws.send(TextMessage(f"frame {n}")))
-                await trio.testing.wait_all_tasks_blocked()
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-        assert received == [f"frame {n}" for n in range(5)]
-        assert steps.count == 5
-        nursery.cancel_scope.cancel()
