@@ -343,9 +343,21 @@ class Room:
             if peer is not exclude:
                 self.send(peer, frame)
 
-    def ack(self, peer: Peer, request: Request, data: dict[str, Any] | None = None) -> None:
+    def ack(
+        self,
+        peer: Peer,
+        request: Request,
+        data: dict[str, Any] | None = None,
+        *,
+        alone: bool = False,
+    ) -> None:
+        """Answer ``request`` if it has an id; ``alone``: through :meth:`reply`."""
         if request.id is not None:
-            self.send(peer, encode_ack(request.id, data))
+            frame = encode_ack(request.id, data)
+            if alone:
+                self.reply(peer, frame)
+            else:
+                self.send(peer, frame)
 
     def reply(self, peer: Peer, frame: bytes) -> None:
         """Send a frame that goes alone: written at once if nothing else is on its way.
@@ -682,8 +694,7 @@ class Room:
         last_seq = request.data.get("lastSeq")
         if last_seq is not None:
             peer.acknowledge(last_seq)
-        if request.id is not None:
-            self.reply(peer, encode_ack(request.id, {"serverTime": utcnow().isoformat()}))
+        self.ack(peer, request, {"serverTime": utcnow().isoformat()}, alone=True)
         return False
 
     async def _on_auth_again(self, peer: Peer, request: Request) -> bool:

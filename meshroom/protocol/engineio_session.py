@@ -130,6 +130,11 @@ class EngineSession:
     def has_output(self) -> bool:
         return bool(self._outbox)
 
+    @property
+    def upgrade_noop_due(self) -> bool:
+        """Upgrading, nothing queued, not closed: a GET now gets a bare noop."""
+        return self.upgrading and not self._outbox and not self.closed
+
     def poll_ready(self) -> bool:
         """A pending GET can be answered now.
 

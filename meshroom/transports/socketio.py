@@ -394,13 +394,13 @@ class _Session:
         try:
             while not state.poll_ready():
                 await self.wait_change()
-            if state.upgrading and not state.has_output and not state.closed:
+            if state.upgrade_noop_due:
                 # From the probe until "5" every GET is answered (see poll_ready), but a
                 # client that probes and then polls on without ever sending "5" would
                 # spin until the probe times out. engine.io answers such GETs with a noop
                 # every 100 ms at most, and so does this; the first one goes at once.
                 with trio.move_on_at(self._last_upgrade_noop + UPGRADE_NOOP_INTERVAL):
-                    while state.upgrading and not state.has_output and not state.closed:
+                    while state.upgrade_noop_due:
                         await self.wait_change()
                 self._last_upgrade_noop = trio.current_time()
             body = state.take_poll()
