@@ -7,7 +7,8 @@ task for it. These tests hold that path to the writer's guarantees: the frame is
 numbered and kept for a resume like any other, it never overtakes or splits a frame
 already on its way, and what a full socket does not take is delivered later, whole
 and in order. The transport-level tests drive the heartbeat timer by hand over a real
-socket pair, as test_heartbeat_timer.py does.
+socket pair, as test_heartbeat_timer.py does. The last two hold the listener's read to
+one scheduler step per wake-up of an idle connection, and two for a busy one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from wsproto.events import Ping, TextMessage
 
 from meshroom.core import HubConfig
 from meshroom.core.connection import SendsAtOnce
-from meshroom.transports.websocket import Heartbeat, Heartbeats, WebSocketConnection
+from meshroom.transports.websocket import (
+    IDLE_READ_SECONDS,
+    Heartbeat,
+    Heartbeats,
+    WebSocketConnection,
+)
 
 
 class Client:
@@ -206,3 +212,54 @@ async def test_a_pings_answer_waits_behind_frames_already_queued() -> None:
         assert ann.at_once == 1  # idle again: written at once, numbered in turn
         room = mh.room(meeting)
         assert [json.loads(f)["seq"] for f in room.peers["ann"].sent] == [2, 3, 4]
+
+
+class Steps(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def _steps_per_wake_up(silent_for: float) -> int:
+    """Scheduler steps a listener reader takes for each of 5 frames, after ``silent_for`` s."""
+    conn, client, _ = _listener_connection()
+    received: list[str | bytes] = []
+    reader_task: list[trio.lowlevel.Task] = []
+
+    async def reader() -> None:
+        reader_task.append(trio.lowlevel.current_task())
+        while True:
+            received.append(await conn.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # waiting on the socket
+        steps = Steps(reader_task[0])
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for n in range(5):
+                conn._last_heard = trio.current_time() - silent_for
+                client.sock._sock.send(client.ws.send(TextMessage(f"frame {n}")))
+                await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert received == [f"frame {n}" for n in range(5)]
+    return steps.count
+
+
+async def test_an_idle_reader_woken_by_a_frame_takes_one_step_of_the_scheduler() -> None:
+    """A ping after a long silence is read in the wake-up's own step (no second trip)."""
+    assert await _steps_per_wake_up(silent_for=IDLE_READ_SECONDS + 0.5) == 5
+
+
+async def test_a_busy_reader_still_yields_once_after_its_read() -> None:
+    """Heard from within the last second: the read yields, so readers woken together all
+    read before any relays (the relay's writes then carry more per system call)."""
+    assert await _steps_per_wake_up(silent_for=0.0) == 10
