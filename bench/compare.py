@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="capacity: idle peers held (meshroom only, no naive run; the default 20 s hold)",
     )
     p.add_argument(
+        "--storm-joins",
+        type=int,
+        default=500,
+        help="storm: joins (64 in flight); 5000 with --storm-room-size 100 is issue 14's ramp",
+    )
+    p.add_argument("--storm-room-size", type=int, default=50, help="storm: peers per room")
+    p.add_argument(
         "--target",
         default="meshroom",
         choices=["meshroom", "meshroom-quart", "socketio"],
@@ -103,6 +110,8 @@ def run_once(
     command += ["--timeout", str(args.timeout)]
     if args.duration is not None and scenario == "relay":
         command += ["--duration", str(args.duration)]
+    if scenario == "storm":
+        command += ["--peers", str(args.storm_joins), "--room-size", str(args.storm_room_size)]
     if scenario == "capacity":
         command += ["--peers", str(args.capacity_peers), "--targets", "meshroom"]
     elif args.target != "meshroom":
