@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from meshroom.protocol import (
     CLIENT_EVENTS,
+    EncodedJson,
     ErrorCode,
     ProtocolError,
     Request,
@@ -364,3 +365,18 @@ def test_arbitrary_json_only_raises_protocol_error(value):
 @given(request_like)
 def test_request_shaped_json_only_raises_protocol_error(value):
     _decode_or_protocol_error(json.dumps(value))
+
+
+def test_an_encoded_fragment_goes_into_a_frame_as_it_is_on_either_encoder():
+    fragment = EncodedJson({"empId": "zoë", "presence": {"muted": True}})
+    frame = encode_event("room:joined", {"peers": [fragment, fragment]})
+    view = '{"empId":"zoë","presence":{"muted":true}}'
+    expected = '{"event":"room:joined","data":{"peers":[' + view + "," + view + "]}}"
+    assert frame == expected.encode()
+    # A lone surrogate elsewhere in the frame sends it through the standard encoder,
+    # which must take the fragment too.
+    fallback = encode_event("room:joined", {"title": "\ud800", "peers": [fragment]})
+    assert json.loads(fallback) == {
+        "event": "room:joined",
+        "data": {"title": "\ud800", "peers": [{"empId": "zoë", "presence": {"muted": True}}]},
+    }

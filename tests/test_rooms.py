@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import trio
+from _memhub import memory_hub
 from _signaling import (
     DEADLINE,
     assert_quiet,
@@ -387,3 +388,47 @@ async def test_server_shutdown_closes_every_peer_with_1001_and_records_the_leave
             ("alice", "server-shutdown"),
             ("bob", "server-shutdown"),
         ]
+
+
+async def test_a_later_snapshot_shows_each_peers_role_and_presence_as_they_are_now():
+    """A peer's public view is encoded once and reused in every later joiner's snapshot;
+    a change of presence or of role must show in the next one, for every field."""
+
+    def listed(snapshot: dict, emp_id: str) -> dict:
+        return next(p for p in snapshot["data"]["peers"] if p["empId"] == emp_id)
+
+    async def acked(conn, request_id: int) -> None:
+        while not (
+            (frame := await conn.next_frame())["event"] == "ack" and frame["id"] == request_id
+        ):
+            pass
+
+    with trio.fail_after(DEADLINE):
+        async with memory_hub() as mh:
+            meeting = await mh.meeting(host="alice")
+            alice, _ = await mh.join(meeting, "alice", Role.HOST)
+            bob, _ = await mh.join(meeting, "bob")
+            _, first = await mh.join(meeting, "cara")  # bob's view is encoded now
+            assert listed(first, "bob")["role"] == "PARTICIPANT"
+            assert listed(first, "bob")["presence"]["handRaised"] is False
+
+            await bob.send_json("presence:update", {"handRaised": True, "muted": True}, id=1)
+            await acked(bob, 1)
+            _, second = await mh.join(meeting, "dan")
+            assert listed(second, "bob")["presence"] == {
+                "muted": True,
+                "cameraOff": False,
+                "handRaised": True,
+            }
+            assert listed(second, "bob")["role"] == "PARTICIPANT"
+
+            await alice.send_json("host:promote", {"targetEmpId": "bob"}, id=2)
+            await acked(alice, 2)
+            _, third = await mh.join(meeting, "eve")
+            assert listed(third, "bob") == {
+                "empId": "bob",
+                "displayName": "Bob",
+                "role": "COHOST",
+                "presence": {"muted": True, "cameraOff": False, "handRaised": True},
+            }
+            assert listed(third, "alice")["role"] == "HOST"

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import trio
 
+from ..protocol import EncodedJson
 from ..roles import Role
 from .connection import Connection, SendsAtOnce
 from .lifecycle import Exit, Lifecycle, PeerState
@@ -66,6 +67,7 @@ class Peer:
         "outbox_closed",
         "outbox_size",
         "presence",
+        "public_encoded",
         "read_scope",
         "receiving",
         "removed_at",
@@ -98,6 +100,10 @@ class Peer:
         self.joined_at = joined_at
         self.life = Lifecycle()
         self.presence: dict[str, bool] = {"muted": False, "cameraOff": False, "handRaised": False}
+        # public() as JSON, made when first asked for: in a room of N, each peer's view
+        # goes into the snapshot of every later joiner. Whoever changes the role or the
+        # presence calls public_changed().
+        self.public_encoded: EncodedJson | None = None
         # Set when this peer became host because the host left; the role it goes back to.
         self.acting_host_from: Role | None = None
         # Frames queued for the client, oldest first. Bounded by outbox_size: a relay never
@@ -246,6 +252,16 @@ class Peer:
             "role": self.role.value,
             "presence": dict(self.presence),
         }
+
+    def public_json(self) -> EncodedJson:
+        """public(), encoded once until it changes."""
+        encoded = self.public_encoded
+        if encoded is None:
+            encoded = self.public_encoded = EncodedJson(self.public())
+        return encoded
+
+    def public_changed(self) -> None:
+        self.public_encoded = None
 
     def __repr__(self) -> str:
         return f"<Peer {self.emp_id} {self.role.value} {self.life.state.value}>"

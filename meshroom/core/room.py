@@ -214,7 +214,7 @@ class Room:
                 "roomCode": self.meeting.room_code,
                 "hostEmpId": self.meeting.host_emp_id,
             },
-            "peers": [p.public() for p in self.peers.values() if p is not peer],
+            "peers": [p.public_json() for p in self.peers.values() if p is not peer],
             "iceServers": self.config.ice.servers_for(peer.emp_id),
         }
         if self.config.resume_grace > 0:
@@ -678,6 +678,7 @@ class Room:
         for key in list(peer.presence):
             if key not in ("muted", "cameraOff", "handRaised"):
                 del peer.presence[key]
+        peer.public_changed()
         self.broadcast(
             encode_event("presence:updated", {"empId": peer.emp_id, "presence": peer.presence}),
             exclude=peer,
@@ -704,6 +705,7 @@ class Room:
 
     def set_role(self, peer: Peer, role: Role, *, reason: str, by: str | None) -> None:
         previous, peer.role = peer.role, role
+        peer.public_changed()
         self.broadcast(
             encode_event(
                 "role:changed",

@@ -4,6 +4,7 @@ from .codes import CloseCode as CloseCode
 from .codes import ErrorCode as ErrorCode
 from .codes import LeaveReason as LeaveReason
 from .messages import CLIENT_EVENTS as CLIENT_EVENTS
+from .messages import EncodedJson as EncodedJson
 from .messages import ProtocolError as ProtocolError
 from .messages import Request as Request
 from .messages import RequestId as RequestId

@@ -242,12 +242,40 @@ def _brief(exc: BaseException) -> str:
     return str(exc).split("\n", 1)[0][:120] or type(exc).__name__
 
 
-_fallback_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+class EncodedJson:
+    """JSON serialised once, to be embedded as it is in frames encoded later.
+
+    For what goes into many frames unchanged: a peer's public view is in the snapshot
+    of every peer that joins after it.
+    """
+
+    __slots__ = ("fragment", "raw")
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.raw = _dumps(data)
+        self.fragment = orjson.Fragment(self.raw)
+
+
+def _embedded(obj: object) -> Any:
+    if type(obj) is EncodedJson:
+        return obj.fragment
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _expanded(obj: object) -> Any:
+    if type(obj) is EncodedJson:
+        return json.loads(obj.raw)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+_fallback_dumps = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=True, default=_expanded
+).encode
 
 
 def _dumps(obj: Any) -> bytes:
     try:
-        return orjson.dumps(obj)
+        return orjson.dumps(obj, default=_embedded)
     except orjson.JSONEncodeError:
         # A lone surrogate (say, in a display name decoded from a token) is not valid
         # UTF-8; the standard encoder can still write it as a \u escape.
