@@ -176,12 +176,14 @@ class AtOnceConnection(MemoryConnection):
         self.release.set()
 
     def can_send_at_once(self) -> bool:
-        return not self.dropped and not self.closed.is_set()
+        # While its writes are held, as while a write is under way: nothing at once.
+        return self.release.is_set() and not self.dropped and not self.closed.is_set()
 
-    def send_at_once(self, frames: Sequence[bytes]) -> None:
+    def send_at_once(self, frames: Sequence[bytes]) -> bool:
         self.at_once += 1
         for frame in frames:
             self._to_client.send_nowait(frame)
+        return True
 
     async def send(self, frames: Sequence[bytes]) -> None:
         await self.release.wait()
@@ -195,6 +197,7 @@ async def test_a_pings_answer_waits_behind_frames_already_queued() -> None:
         ann, joined = await mh.join(meeting, "ann", conn=AtOnceConnection("ann"))
         assert isinstance(ann, AtOnceConnection)
         assert joined["event"] == "room:joined"
+        ann.at_once = 0  # (room:joined was written at once too)
         ann.release = trio.Event()  # ann's writer now blocks in its next send
         await mh.join(meeting, "bob")
         await trio.testing.wait_all_tasks_blocked()  # her writer holds peer:joined
@@ -263,3 +266,100 @@ async def test_a_busy_reader_still_yields_once_after_its_read() -> None:
     """Heard from within the last second: the read yields, so readers woken together all
     read before any relays (the relay's writes then carry more per system call)."""
     assert await _steps_per_wake_up(silent_for=0.0) == 10
+
+
+# The room's flusher: a broadcast or a relay to peers whose writer is not running
+
+
+async def test_a_broadcast_and_a_relay_take_no_writer_task_and_keep_their_order(
+    tmp_path,
+) -> None:
+    """peer:joined to three idle peers, then a burst of signals, all written by the
+    room's flusher: no writer task, every frame numbered in turn and kept for a resume."""
+    offer = {"type": "offer", "sdp": "v=0\r\n"}
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, server_settings(tmp_path, resume_grace=30))
+            meeting = await running.meeting()
+            async with (
+                raw_peer(running.url, running.token(meeting, "ann")) as (ann, _),
+                raw_peer(running.url, running.token(meeting, "bob")) as (bob, _),
+                raw_peer(running.url, running.token(meeting, "cat")) as (cat, _),
+            ):
+                assert (await receive_json(ann))["data"]["empId"] == "bob"
+                for ws in (ann, bob):
+                    assert (await receive_json(ws))["data"]["empId"] == "cat"
+                starts = WriterStarts()
+                trio.lowlevel.add_instrument(starts)
+                try:
+                    async with raw_peer(running.url, running.token(meeting, "dan")) as (dan, _):
+                        for ws in (ann, bob, cat):
+                            joined = await receive_json(ws)
+                            assert (joined["event"], joined["data"]["empId"]) == (
+                                "peer:joined",
+                                "dan",
+                            )
+                        for n in range(20):
+                            await send_json(
+                                dan, "signal:offer", {"targetEmpId": "ann", "offer": offer}, id=n
+                            )
+                        relayed = [await receive_json(ann) for _ in range(20)]
+                        acks = [await receive_json(dan) for _ in range(20)]
+                finally:
+                    trio.lowlevel.remove_instrument(starts)
+                assert starts.count == 0
+                assert {f["event"] for f in relayed} == {"signal:offer"}
+                seqs = [f["seq"] for f in relayed]
+                assert seqs == list(range(seqs[0], seqs[0] + 20))
+                assert [a["id"] for a in acks] == list(range(20))
+                room = running.hub.rooms[meeting.id]
+                assert [json.loads(f)["seq"] for f in room.peers["ann"].sent][-20:] == seqs
+            nursery.cancel_scope.cancel()
+
+
+class PartialConnection(AtOnceConnection):
+    """Its socket takes only the first frame of a write at once; it keeps the rest."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.held: list[bytes] = []
+        self.sends: list[int] = []
+
+    def can_send_at_once(self) -> bool:
+        return not self.held and super().can_send_at_once()
+
+    def send_at_once(self, frames: Sequence[bytes]) -> bool:
+        self.at_once += 1
+        self._to_client.send_nowait(frames[0])
+        self.held = list(frames[1:])
+        return not self.held
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        self.sends.append(len(frames))
+        held, self.held = self.held, []
+        await super().send([*held, *frames])
+
+
+async def test_what_the_socket_does_not_take_at_once_is_finished_by_the_writer() -> None:
+    """Not left for the heartbeat timer's next sweep (seconds away): the room starts the
+    peer's writer, whose send, with nothing of its own, writes the rest first."""
+    async with memory_hub(HubConfig(close_timeout=1.0, resume_grace=30)) as mh:
+        meeting = await mh.meeting()
+        ann, _ = await mh.join(meeting, "ann", conn=PartialConnection("ann"))
+        assert isinstance(ann, PartialConnection)
+        room = mh.room(meeting)
+        peer = room.peers["ann"]
+        await trio.testing.wait_all_tasks_blocked()  # room:joined is written (at once)
+        ann.at_once = 0
+        for n in range(3):
+            room.send(peer, b'{"event":"note","data":{"n":%d}}' % n)
+        got = [await ann.next_frame() for _ in range(3)]
+        assert [f["data"]["n"] for f in got] == [0, 1, 2]
+        assert [f["seq"] for f in got] == [2, 3, 4]
+        assert ann.at_once == 1 and ann.sends == [0]  # the writer's send had nothing new
+        await trio.testing.wait_all_tasks_blocked()
+        assert peer.writer is None and not ann.held
+        assert peer.written_through == 4  # counted once all of it was written
+        room.send(peer, b'{"event":"note","data":{"n":3}}')  # idle again: at once
+        assert (await ann.next_frame())["seq"] == 5
+        assert ann.at_once == 2

@@ -72,7 +72,9 @@ class SendsAtOnce(Protocol):
     """A connection that can also write a frame from the caller's task, without waiting.
 
     Optional: the room uses it for a lone reply (a ping's answer) to a peer with nothing
-    else queued, where starting the peer's writer task costs more than the write itself.
+    else queued, and for what its flusher writes (a broadcast's frame, a relayed signal,
+    to peers whose writer is not running), where starting the peer's writer task costs
+    more than the write itself.
     A transport offers it where a write can be tried without blocking (a plain socket).
     """
 
@@ -80,11 +82,13 @@ class SendsAtOnce(Protocol):
         """Whether :meth:`send_at_once` may be called now (no write under way)."""
         ...
 
-    def send_at_once(self, frames: Sequence[bytes]) -> None:
+    def send_at_once(self, frames: Sequence[bytes]) -> bool:
         """Write ``frames`` now, as :meth:`Connection.send` would, but without waiting.
 
         Called only right after :meth:`can_send_at_once` returned True, with no checkpoint
-        in between. What the network does not take at once, the connection sends later,
-        ahead of anything else; a failure shows at the next receive or send.
+        in between. False if the network did not take it all: the connection keeps the
+        rest and sends it ahead of anything else, at the next :meth:`Connection.send`
+        (the room then starts one, with nothing more, to finish it). A failure shows at
+        the next receive or send.
         """
         ...

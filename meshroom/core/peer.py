@@ -57,6 +57,7 @@ class Peer:
         "dropped_at",
         "dropped_through",
         "emp_id",
+        "flush_due",
         "grace_ends",
         "joined_at",
         "keep",
@@ -117,6 +118,7 @@ class Peer:
         self.conn: Connection | None = None  # the connection a writer would write to, if any
         # The same connection when it can also write without a task (see Room.reply).
         self.direct: SendsAtOnce | None = None
+        self.flush_due = False  # queued for the room's flusher (see Room.send)
         self.writer_exited: trio.Event | None = None  # made by whoever waits for the writer
         # Cancelling this stops the peer reading (or waiting while detached).
         self.read_scope = trio.CancelScope()

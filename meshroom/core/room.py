@@ -131,6 +131,9 @@ class Room:
         self._nursery: trio.Nursery | None = None
         self._close_requested = trio.Event()
         self.done = trio.Event()
+        # Peers with frames queued for the flusher (see send), and whether it is started.
+        self._flush_due: list[Peer] = []
+        self._flusher_started = False
         self._relay_counts = owner.relay_counts
         self._handlers: dict[str, Handler] = {
             "presence:update": Room._on_presence,
@@ -325,8 +328,53 @@ class Room:
                 log.warning("disconnecting slow consumer %s in %s", peer.emp_id, self.id)
             return
         outbox.append(frame)
-        if peer.writer is None and peer.conn is not None:
-            self._start_writer(peer, peer.conn)
+        if peer.writer is None and not peer.flush_due and peer.conn is not None:
+            self._write_soon(peer, peer.conn)
+
+    def _write_soon(self, peer: Peer, conn: Connection) -> None:
+        """Have what ``peer`` has queued written: by the room's flusher if ``conn`` can."""
+        if peer.direct is None:
+            self._start_writer(peer, conn)
+            return
+        # Written by the flusher, one write per peer, in the scheduler's next round (as
+        # a writer task would be, so a burst queued meanwhile goes in the same write).
+        peer.flush_due = True
+        self._flush_due.append(peer)
+        if not self._flusher_started:
+            self._flusher_started = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        """Write what each peer in ``_flush_due`` has queued, at once, from this one task.
+
+        A writer task per peer, for a frame or two (a ``peer:joined`` fanned out to a room,
+        a relayed candidate), cost several times the write itself: a task, a cancel scope,
+        the stream's lock, trips through the scheduler. Whatever cannot be written at once
+        (a write under way, a replay due, more than a batch, a socket that did not take it
+        all) goes to the peer's writer task, as before.
+        """
+        self._flusher_started = False
+        due, self._flush_due = self._flush_due, []
+        for peer in due:
+            peer.flush_due = False
+            conn, direct = peer.conn, peer.direct
+            if peer.writer is not None or not peer.outbox or conn is None:
+                continue  # the writer takes it; or nothing left; or detached (kept)
+            if direct is None or peer.resend or not direct.can_send_at_once():
+                self._start_writer(peer, conn)
+                continue
+            outbox = peer.outbox
+            batch = outbox[:WRITE_BATCH]
+            del outbox[:WRITE_BATCH]
+            timed = len(peer.latency_samples)
+            if direct.send_at_once(peer.number(batch)):
+                self._written(peer, timed)
+                if not outbox:
+                    continue
+            # More than a batch, or the socket kept some back: the writer goes on (and
+            # counts the frames written once they all are).
+            self._start_writer(peer, conn)
 
     def _start_writer(self, peer: Peer, conn: Connection) -> None:
         """Start a writer for what ``peer`` has queued; it stops once the outbox is empty.
@@ -372,13 +420,16 @@ class Room:
             direct is not None
             and peer.writer is None
             and not peer.outbox
+            and not peer.flush_due
             and not peer.resend
             and not peer.outbox_closed
             and direct.can_send_at_once()
         ):
             # Numbered and kept (for a resume) exactly as the writer would.
-            direct.send_at_once(peer.number([frame]))
-            peer.written_through = peer.next_seq - 1
+            if direct.send_at_once(peer.number([frame])):
+                peer.written_through = peer.next_seq - 1
+            elif peer.conn is not None:
+                self._start_writer(peer, peer.conn)  # to finish what the socket did not take
         else:
             self.send(peer, frame)
 
@@ -438,14 +489,18 @@ class Room:
         peer.conn = conn
         peer.direct = conn if isinstance(conn, SendsAtOnce) else None
         try:
-            if peer.outbox or peer.resend:
+            if peer.resend:
                 self._start_writer(peer, conn)
+            elif peer.outbox:  # room:joined, and what was queued since
+                self._write_soon(peer, conn)
             with peer.read_scope:
                 await self._read_loop(peer, conn)
             resume_allowed = self.config.resume_grace > 0 and not self.ending
             outcome = peer.life.connection_ended(resume_allowed=resume_allowed)
             if outcome is Outcome.END:
                 self._queue_last_frames(peer)
+                if peer.outbox and peer.writer is None:
+                    self._start_writer(peer, conn)  # (not the flusher: waited for below)
                 # The writer drains what is queued (the notices last), then stops; a
                 # client that does not take it within close_timeout is cut off.
                 with trio.move_on_after(self.config.close_timeout):
@@ -538,19 +593,24 @@ class Room:
     async def _write_loop(self, peer: Peer, conn: Connection, scope: trio.CancelScope) -> None:
         """Write what ``peer`` has queued to ``conn``, in batches, until the outbox is empty."""
         outbox = peer.outbox
-        samples = peer.latency_samples
         try:
             with scope:
                 if peer.resend:  # a resumed connection: room:resumed, then the replay
                     await conn.send(peer.resend)
                     peer.resend = []
                     peer.written_through = peer.next_seq - 1
+                elif not outbox:
+                    # Started to finish a write the socket did not take at once (a
+                    # connection sends what it holds back ahead of anything, even nothing).
+                    timed = len(peer.latency_samples)
+                    await conn.send([])
+                    self._written(peer, timed)
                 while outbox:
                     batch = outbox[:WRITE_BATCH]
                     del outbox[:WRITE_BATCH]
                     # Samples taken so far belong to frames already queued, hence in this
                     # batch (or an earlier one) unless the batch was cut at WRITE_BATCH.
-                    timed = len(samples)
+                    timed = len(peer.latency_samples)
                     # Numbered and kept (until acknowledged) before the write: if the
                     # connection drops now, a resume sends again what the client lacks.
                     numbered = peer.number(batch)
@@ -559,12 +619,7 @@ class Room:
                     del batch
                     await conn.send(numbered)
                     del numbered
-                    peer.written_through = peer.next_seq - 1
-                    if timed:
-                        now = trio.current_time()
-                        for sample in samples[:timed]:
-                            self.events.emit(RelayLatency(now - sample))
-                        del samples[:timed]
+                    self._written(peer, timed)
         except ConnectionClosed as exc:
             timed_out = isinstance(exc, ConnectionTimedOut)
             peer.life.note(lifecycle.TIMEOUT if timed_out else lifecycle.DISCONNECTED)
@@ -580,6 +635,16 @@ class Room:
                 if peer.writer_exited is not None:
                     peer.writer_exited.set()
                     peer.writer_exited = None
+
+    def _written(self, peer: Peer, timed: int) -> None:
+        """Everything numbered so far is written; the first ``timed`` samples with it."""
+        peer.written_through = peer.next_seq - 1
+        if timed:
+            samples = peer.latency_samples
+            now = trio.current_time()
+            for sample in samples[:timed]:
+                self.events.emit(RelayLatency(now - sample))
+            del samples[:timed]
 
     async def _read_loop(self, peer: Peer, conn: Connection) -> None:
         limiter = rate_limiter(self.config.rate_limit, self.config.rate_burst)

@@ -384,17 +384,19 @@ class WebSocketConnection:
             and not self._send_lock.locked()
         )
 
-    def send_at_once(self, messages: Sequence[bytes]) -> None:
+    def send_at_once(self, messages: Sequence[bytes]) -> bool:
         """Write ``messages`` now, from the caller's task, without waiting.
 
-        For a lone frame to a quiet connection (a ping's answer, most of what an idle
-        client is sent): a writer task would cost several times the write itself. Only
-        after :meth:`can_send_at_once` said yes, with no checkpoint in between. What the
-        socket does not take at once goes out before the next write, or with the heartbeat
-        timer's next sweep; a failed write is found out by the reader, as for a ping.
+        For a few frames to a connection with no write under way (a ping's answer, a
+        broadcast's frame): a writer task would cost several times the write itself.
+        Only after :meth:`can_send_at_once` said yes, with no checkpoint in between.
+        False if the socket did not take it all: the rest goes out first at the next
+        :meth:`send` (which the room then starts), or with the heartbeat timer's next
+        sweep if that comes first. A failed write is found out by the reader, as for a ping.
         """
         self._unsent = frames.text_frames(messages)
         self._write_unsent()
+        return not self._unsent
 
     def _time_out(self) -> None:
         """The client missed its heartbeat: wake the reader, which raises ConnectionTimedOut.
