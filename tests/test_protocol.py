@@ -380,3 +380,18 @@ def test_an_encoded_fragment_goes_into_a_frame_as_it_is_on_either_encoder():
         "event": "room:joined",
         "data": {"title": "\ud800", "peers": [{"empId": "zoë", "presence": {"muted": True}}]},
     }
+
+
+def test_an_encoded_fragment_keeps_no_more_memory_than_its_text() -> None:
+    # orjson's output holds a 4 KiB buffer however short: one per peer in a room of
+    # thousands added ~4 KB per idle peer (bench capacity) before the copy.
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [EncodedJson({"empId": f"p{i}", "role": "PARTICIPANT"}) for i in range(200)]
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_item < 1024

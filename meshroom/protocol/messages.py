@@ -252,7 +252,9 @@ class EncodedJson:
     __slots__ = ("fragment", "raw")
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self.raw = _dumps(data)
+        # Copied: orjson's output keeps a 4 KiB buffer however short the text, and this
+        # one is kept (a peer's, for as long as it is in the room).
+        self.raw = bytes(memoryview(_dumps(data)))
         self.fragment = orjson.Fragment(self.raw)
 
 
