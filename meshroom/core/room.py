@@ -410,10 +410,10 @@ class Room:
     def reply(self, peer: Peer, frame: bytes) -> None:
         """Send a frame that goes alone: written at once if nothing else is on its way.
 
-        For a ping's answer, most of what an idle peer is sent: starting the peer's writer
-        task (a task, a cancel scope, the stream's lock, two trips through the scheduler)
-        costs several times the write itself. Not for frames that come in bursts (relays,
-        broadcasts): the writer takes a burst in one write, which is cheaper still.
+        For a ping's answer, most of what an idle peer is sent: written from the reader's
+        own task, not even the flusher's round through the scheduler. Not for frames that
+        come in bursts (relays, broadcasts): :meth:`send` leaves them to the flusher,
+        which takes a burst in one write, cheaper still.
         """
         direct = peer.direct
         if (
