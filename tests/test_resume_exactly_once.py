@@ -9,6 +9,8 @@ signals, each once, in order; and so does every other frame bob was sent.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +46,53 @@ cuts = st.lists(
 )
 
 
+class AtOnceConnection(MemoryConnection):
+    """Writes at once as the standalone listener's connection does (``SendsAtOnce``),
+    through a socket that takes, at each write at once, the next count of ``takes``
+    (cycled; 0 is a full socket): what it does not take is held, and goes first at the
+    next ``send`` (the writer's), or is lost with the connection. As on a real socket,
+    nothing is written at once while a send is under way.
+    """
+
+    def __init__(self, name: str, takes: list[int]) -> None:
+        super().__init__(name)
+        self.takes = itertools.cycle(takes)
+        self.held: list[bytes] = []
+        self.sending = False
+
+    def can_send_at_once(self) -> bool:
+        return not (self.held or self.sending or self.dropped or self.closed.is_set())
+
+    def send_at_once(self, frames: Sequence[bytes]) -> bool:
+        takes = next(self.takes)
+        for frame in frames[:takes]:
+            self._to_client.send_nowait(frame)
+        self.held = list(frames[takes:])
+        return not self.held
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        self.sending = True
+        try:
+            held, self.held = self.held, []
+            await super().send([*held, *frames])
+        finally:
+            self.sending = False
+
+
+def connection_maker(takes: list[int] | None) -> Callable[[], MemoryConnection]:
+    """Bob's connections: plain (the room's writer writes everything) or at once."""
+    if takes is None:
+        return lambda: MemoryConnection("bob")
+    return lambda: AtOnceConnection("bob", takes)
+
+
 class Bob:
     """Bob's client: it keeps what it read and the seq of the last frame."""
 
-    def __init__(self, conn: MemoryConnection, joined: dict[str, Any]) -> None:
+    def __init__(
+        self, conn: MemoryConnection, joined: dict[str, Any], make: Callable[[], MemoryConnection]
+    ) -> None:
+        self.make = make
         self.conn = conn
         self.token = joined["data"]["resumeToken"]
         self.last_seq = joined["seq"]
@@ -61,18 +106,27 @@ class Bob:
             self.frames.append(frame)
 
     async def resume(self, h: MemoryHub, meeting: Any) -> None:
-        conn, first = await h.join(meeting, "bob", resume_token=self.token, last_seq=self.last_seq)
+        conn, first = await h.join(
+            meeting, "bob", resume_token=self.token, last_seq=self.last_seq, conn=self.make()
+        )
         assert first["event"] == "room:resumed", first
         assert "seq" not in first
         self.conn, self.token = conn, first["data"]["resumeToken"]
 
 
-async def _scenario(plan: list[Cut], tail: int) -> None:
+async def _scenario(plan: list[Cut], tail: int, takes: list[int] | None = None) -> None:
+    make = connection_maker(takes)
+    # A frame the room never writes shows as a wait that does not end: bounded.
+    with trio.fail_after(20):
+        await _run_scenario(plan, tail, make)
+
+
+async def _run_scenario(plan: list[Cut], tail: int, make: Callable[[], MemoryConnection]) -> None:
     async with memory_hub(CONFIG) as h:
         meeting = await h.meeting()
         alice, _ = await h.join(meeting, "alice", Role.HOST)
-        conn, joined = await h.join(meeting, "bob")
-        bob = Bob(conn, joined)
+        conn, joined = await h.join(meeting, "bob", conn=make())
+        bob = Bob(conn, joined, make)
         sent = 0
 
         async def offers(count: int) -> None:
@@ -115,6 +169,14 @@ async def _scenario(plan: list[Cut], tail: int) -> None:
 @given(cuts, st.integers(0, 10))
 def test_every_event_arrives_once_in_order_across_random_breaks(plan, tail):
     trio.run(_scenario, plan, tail)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts, st.integers(0, 10), st.lists(st.integers(0, 3), min_size=1, max_size=5))
+def test_the_same_when_the_room_writes_at_once_through_a_socket_that_takes_part(plan, tail, takes):
+    """The room's flusher and a ping's answer write at once; what the socket does not
+    take is finished by the writer, or lost with a break and sent again on the resume."""
+    trio.run(_scenario, plan, tail, takes)
 
 
 async def test_a_resume_from_a_frame_no_longer_kept_is_an_ordinary_join(real_time_watchdog):
