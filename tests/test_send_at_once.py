@@ -324,6 +324,8 @@ class PartialConnection(AtOnceConnection):
         super().__init__(name)
         self.held: list[bytes] = []
         self.sends: list[int] = []
+        self.finish = trio.Event()  # the socket drains (the writer's send completes)
+        self.finish.set()
 
     def can_send_at_once(self) -> bool:
         return not self.held and super().can_send_at_once()
@@ -336,6 +338,7 @@ class PartialConnection(AtOnceConnection):
 
     async def send(self, frames: Sequence[bytes]) -> None:
         self.sends.append(len(frames))
+        await self.finish.wait()
         held, self.held = self.held, []
         await super().send([*held, *frames])
 
@@ -351,8 +354,14 @@ async def test_what_the_socket_does_not_take_at_once_is_finished_by_the_writer()
         peer = room.peers["ann"]
         await trio.testing.wait_all_tasks_blocked()  # room:joined is written (at once)
         ann.at_once = 0
+        ann.finish = trio.Event()
         for n in range(3):
             room.send(peer, b'{"event":"note","data":{"n":%d}}' % n)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for the socket
+        assert ann.held and peer.writer is not None
+        # Not yet all written: a resume without lastSeq would send 2-4 again.
+        assert peer.written_through == 1
+        ann.finish.set()
         got = [await ann.next_frame() for _ in range(3)]
         assert [f["data"]["n"] for f in got] == [0, 1, 2]
         assert [f["seq"] for f in got] == [2, 3, 4]
