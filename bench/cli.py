@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat",
         type=float,
         default=25.0,
-        help="capacity: seconds between pings per peer (meshroom.js: 25)",
+        help="capacity: seconds between pings per peer (meshroom.js: 25; 0: no pings)",
     )
     p.add_argument("--hold", type=float, default=20.0, help="capacity: seconds idle peers are held")
     p.add_argument(

@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "--heartbeat",
         type=float,
         default=25.0,
-        help="client ping period, seconds (meshroom.js: 25)",
+        help="client ping period, seconds (meshroom.js: 25; 0: the clients never ping)",
     )
     p.add_argument("--hold", type=float, default=25.0, help="idle seconds before the last snapshot")
     p.add_argument("--frames", type=int, default=16, help="traceback depth kept by tracemalloc")

@@ -789,7 +789,7 @@ class CapacityDriver(Driver):
         if hold is not None and hold["type"] == "hold":
             t = now()
             for c in lo.clients:
-                if c.state == JOINED:
+                if c.state == JOINED and self.interval > 0:  # 0: the clients never ping
                     self.next_beat[c] = t + random.random() * self.interval
             self.beating = True
             lo.wait_command("stop", hold["until"] + 1.0)

@@ -118,6 +118,17 @@ def test_capacity(tmp_path: Path) -> None:
         assert row["kb_per_peer"] > 0
 
 
+def test_capacity_without_client_pings(tmp_path: Path) -> None:
+    # --heartbeat 0: the clients never ping (it made them ping in a tight loop).
+    report = run_bench(
+        tmp_path, "capacity", "6", "--room-size", "3", "--hold", "1", "--heartbeat", "0",
+        "--targets", "meshroom",
+    )  # fmt: skip
+    [row] = report["results"]
+    assert row["joined"] == row["alive"] == 6
+    assert row["pings"] == row["acks"] == 0
+
+
 def test_teardown(tmp_path: Path) -> None:
     report = run_bench(tmp_path, "teardown", "6")
     [row] = report["results"]
