@@ -364,13 +364,10 @@ class Room:
             if direct is None or peer.resend or not direct.can_send_at_once():
                 self._start_writer(peer, conn)
                 continue
-            outbox = peer.outbox
-            batch = outbox[:WRITE_BATCH]
-            del outbox[:WRITE_BATCH]
-            timed = len(peer.latency_samples)
-            if direct.send_at_once(peer.number(batch)):
+            numbered, timed = self._next_batch(peer)
+            if direct.send_at_once(numbered):
                 self._written(peer, timed)
-                if not outbox:
+                if not peer.outbox:
                     continue
             # More than a batch, or the socket kept some back: the writer goes on (and
             # counts the frames written once they all are).
@@ -427,7 +424,7 @@ class Room:
         ):
             # Numbered and kept (for a resume) exactly as the writer would.
             if direct.send_at_once(peer.number([frame])):
-                peer.written_through = peer.next_seq - 1
+                self._written(peer, 0)
             elif peer.conn is not None:
                 self._start_writer(peer, peer.conn)  # to finish what the socket did not take
         else:
@@ -606,19 +603,9 @@ class Room:
                     await conn.send([])
                     self._written(peer, timed)
                 while outbox:
-                    batch = outbox[:WRITE_BATCH]
-                    del outbox[:WRITE_BATCH]
-                    # Samples taken so far belong to frames already queued, hence in this
-                    # batch (or an earlier one) unless the batch was cut at WRITE_BATCH.
-                    timed = len(peer.latency_samples)
-                    # Numbered and kept (until acknowledged) before the write: if the
-                    # connection drops now, a resume sends again what the client lacks.
-                    numbered = peer.number(batch)
-                    # orjson's output keeps a 4 KiB buffer however short the frame: hold no
-                    # reference to a written frame while waiting (an idle peer would keep one).
-                    del batch
+                    numbered, timed = self._next_batch(peer)
                     await conn.send(numbered)
-                    del numbered
+                    del numbered  # (see _next_batch)
                     self._written(peer, timed)
         except ConnectionClosed as exc:
             timed_out = isinstance(exc, ConnectionTimedOut)
@@ -635,6 +622,22 @@ class Room:
                 if peer.writer_exited is not None:
                     peer.writer_exited.set()
                     peer.writer_exited = None
+
+    def _next_batch(self, peer: Peer) -> tuple[list[bytes], int]:
+        """Take the next batch off ``peer``'s outbox, numbered; how many samples it carries.
+
+        Numbered and kept (until acknowledged) before the write: if the connection drops
+        now, a resume sends again what the client lacks. The queued frames are dropped
+        here: orjson's output keeps a 4 KiB buffer however short the frame, and a writer
+        waiting on a slow socket must hold no reference to one.
+        """
+        outbox = peer.outbox
+        batch = outbox[:WRITE_BATCH]
+        del outbox[:WRITE_BATCH]
+        # Samples taken so far belong to frames already queued, hence in this batch (or
+        # an earlier one) unless the batch was cut at WRITE_BATCH.
+        timed = len(peer.latency_samples)
+        return peer.number(batch), timed
 
     def _written(self, peer: Peer, timed: int) -> None:
         """Everything numbered so far is written; the first ``timed`` samples with it."""
